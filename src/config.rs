@@ -1,0 +1,442 @@
+//! One tree of serde structs for everything `run` can be told.
+//!
+//! Precedence: command-line flag > environment variable > config file > default. Flags and
+//! environment variables are handled by clap in `main.rs` and applied on top of the file with
+//! [`Config::apply_overrides`]. Every field has a default, so an empty file (or none) is valid.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::route::RouteTemplate;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration of `v2x-collector run`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Identifies this collector in file names and in the MQTT client id. Must be a safe
+    /// identifier. Default: the host name.
+    pub collector_id: String,
+    /// Root of the dataset (Parquet tree). Default `./data`.
+    pub data_dir: PathBuf,
+    /// Directory for the collector's own write-ahead log. Default `./wal`.
+    pub wal_dir: PathBuf,
+    /// Directory of schema files (`*.toml`). Empty: the schemas built into the binary.
+    pub schema_dir: Option<PathBuf>,
+    /// HTTP address for the dashboard and metrics (served once that issue lands).
+    pub http: SocketAddr,
+    /// Seconds between the `ingest stats` log lines.
+    pub stats_interval_s: f64,
+    pub mqtt: MqttConfig,
+    pub embedded: EmbeddedConfig,
+    pub routing: RoutingConfig,
+    pub decode: DecodeConfig,
+    pub time: TimeConfig,
+    pub writer: WriterConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            collector_id: default_collector_id(),
+            data_dir: PathBuf::from("data"),
+            wal_dir: PathBuf::from("wal"),
+            schema_dir: None,
+            http: SocketAddr::from(([127, 0, 0, 1], 9180)),
+            stats_interval_s: 10.0,
+            mqtt: MqttConfig::default(),
+            embedded: EmbeddedConfig::default(),
+            routing: RoutingConfig::default(),
+            decode: DecodeConfig::default(),
+            time: TimeConfig::default(),
+            writer: WriterConfig::default(),
+        }
+    }
+}
+
+/// MQTT protocol version used by the collector's client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protocol {
+    #[serde(rename = "5")]
+    V5,
+    #[serde(rename = "3.1.1")]
+    V311,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// External broker URL, `mqtt://host:port`. Empty: start the embedded broker.
+    pub broker: Option<String>,
+    /// Protocol version towards an external broker. The embedded broker is always spoken to
+    /// over 3.1.1 (see README).
+    pub protocol: Protocol,
+    /// MQTT client id. Default `v2x-collector-<collector_id>`. Keep it fixed: the persistent
+    /// session (and with it redelivery) is bound to it.
+    pub client_id: Option<String>,
+    /// Keep-alive in seconds.
+    pub keep_alive_s: u64,
+    /// MQTT 5 session expiry interval in seconds (how long the broker keeps our queue while we
+    /// are away).
+    pub session_expiry_s: u32,
+    /// Largest MQTT packet accepted from the broker. A bigger packet breaks the connection,
+    /// so keep it at least as large as the broker's limit.
+    pub max_packet_bytes: usize,
+    /// MQTT 5 Receive Maximum: unacknowledged QoS 1 messages the broker may have in flight to us.
+    pub receive_maximum: u16,
+    /// Topic filters to subscribe to. Empty: derived from the routing templates (plus the
+    /// `V2X/#` and `v2x/#` roots so unknown topics are quarantined rather than never seen).
+    pub subscriptions: Vec<String>,
+    /// Subscription QoS.
+    pub qos: u8,
+    /// First reconnect delay; doubles up to `reconnect_max_ms`.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    pub username: Option<String>,
+    /// Never logged.
+    #[serde(skip_serializing)]
+    pub password: Option<String>,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            broker: None,
+            protocol: Protocol::V5,
+            client_id: None,
+            keep_alive_s: 20,
+            session_expiry_s: 7 * 24 * 3600,
+            max_packet_bytes: 8 * 1024 * 1024,
+            receive_maximum: 2000,
+            subscriptions: Vec::new(),
+            qos: 1,
+            reconnect_min_ms: 200,
+            reconnect_max_ms: 10_000,
+            username: None,
+            password: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EmbeddedConfig {
+    /// Address of the embedded broker's MQTT 3.1.1 listener (used when no broker is given).
+    pub listen: SocketAddr,
+    /// Optional MQTT 5 listener of the embedded broker.
+    pub listen_v5: Option<SocketAddr>,
+    /// Largest payload the embedded broker accepts from devices.
+    pub max_payload_bytes: usize,
+    /// Per-filter in-memory log: segment size and count. A subscriber that falls behind the
+    /// oldest segment is skipped ahead by rumqttd, so keep `size x count` comfortably above a
+    /// few seconds of traffic.
+    pub segment_bytes: usize,
+    pub segment_count: usize,
+    pub max_connections: usize,
+}
+
+impl Default for EmbeddedConfig {
+    fn default() -> Self {
+        EmbeddedConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            listen_v5: None,
+            max_payload_bytes: 4 * 1024 * 1024,
+            segment_bytes: 16 * 1024 * 1024,
+            segment_count: 4,
+            max_connections: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Topic level separator used by the templates. `/` for MQTT-native topics; some
+    /// deployments use `.`.
+    pub separator: String,
+    /// Use the built-in templates (OpenV2X upper case, `v2x/v1` lower case, radar) in
+    /// addition to `routes`.
+    pub builtin_routes: bool,
+    /// Extra templates, tried before the built-in ones, in order.
+    pub routes: Vec<RouteTemplate>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            separator: "/".into(),
+            builtin_routes: true,
+            routes: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecodeConfig {
+    /// Payloads larger than this are quarantined with reason `too_large`.
+    pub max_payload_bytes: usize,
+    /// How much of a too-large payload is kept in the quarantine row.
+    pub quarantine_payload_keep_bytes: usize,
+    /// Messages decoded before a batch is handed to the writer.
+    pub batch_messages: usize,
+    /// Longest time a decoded message waits before its batch is handed over.
+    pub batch_max_delay_ms: u64,
+}
+
+impl Default for DecodeConfig {
+    fn default() -> Self {
+        DecodeConfig {
+            max_payload_bytes: 1024 * 1024,
+            quarantine_payload_keep_bytes: 64 * 1024,
+            batch_messages: 4096,
+            batch_max_delay_ms: 50,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeConfig {
+    /// Earliest plausible event time (RFC 3339). Older rows go to quarantine.
+    pub min_event_time: String,
+    /// How far ahead of the receive time an event time may be, in seconds.
+    pub max_future_skew_s: f64,
+    /// How far behind the receive time an event time may be, in seconds. Unset: any age back
+    /// to `min_event_time` (historical replays).
+    pub max_past_skew_s: Option<f64>,
+}
+
+impl Default for TimeConfig {
+    fn default() -> Self {
+        TimeConfig {
+            min_event_time: "2010-01-01T00:00:00Z".into(),
+            max_future_skew_s: 600.0,
+            max_past_skew_s: None,
+        }
+    }
+}
+
+/// Timestamp resolution of `event_ts` and `recv_ts` in the Parquet files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimestampUnit {
+    Ms,
+    Us,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WriterConfig {
+    /// Commit a file when it holds this many rows.
+    pub max_rows: usize,
+    /// Commit a file when its buffered Arrow data reaches this many bytes.
+    pub max_bytes: usize,
+    /// Commit a file this many seconds after its first row.
+    pub max_age_s: f64,
+    /// Most partitions open at once; past it the oldest is committed.
+    pub max_open_files: usize,
+    /// Rows per Parquet row group.
+    pub row_group_rows: usize,
+    /// zstd level (1 is the measured sweet spot).
+    pub zstd_level: i32,
+    pub timestamp_unit: TimestampUnit,
+    /// Batches queued between decoder and writer.
+    pub channel_capacity: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        WriterConfig {
+            max_rows: 1_000_000,
+            max_bytes: 128 * 1024 * 1024,
+            max_age_s: 300.0,
+            max_open_files: 64,
+            row_group_rows: 128 * 1024,
+            zstd_level: 1,
+            timestamp_unit: TimestampUnit::Us,
+            channel_capacity: 64,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a TOML file. A missing `--config` is not an error: defaults apply.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    /// Checks values that serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !crate::route::is_safe_identifier(&self.collector_id) {
+            return Err(ConfigError::Invalid(format!(
+                "collector_id {:?} must be 1-64 characters of A-Z a-z 0-9 _ . - and start with a letter or digit",
+                self.collector_id
+            )));
+        }
+        if self.mqtt.qos > 1 {
+            return Err(ConfigError::Invalid("mqtt.qos must be 0 or 1".into()));
+        }
+        if self.mqtt.max_packet_bytes < 1024 * 1024 {
+            return Err(ConfigError::Invalid(
+                "mqtt.max_packet_bytes must be at least 1 MiB".into(),
+            ));
+        }
+        if self.routing.separator.is_empty() {
+            return Err(ConfigError::Invalid(
+                "routing.separator must not be empty".into(),
+            ));
+        }
+        if self.writer.max_rows == 0 || self.writer.row_group_rows == 0 {
+            return Err(ConfigError::Invalid(
+                "writer.max_rows and writer.row_group_rows must be positive".into(),
+            ));
+        }
+        if !(1..=22).contains(&self.writer.zstd_level) {
+            return Err(ConfigError::Invalid(
+                "writer.zstd_level must be 1..=22".into(),
+            ));
+        }
+        if self.decode.batch_messages == 0 {
+            return Err(ConfigError::Invalid(
+                "decode.batch_messages must be positive".into(),
+            ));
+        }
+        crate::decode::time::parse_rfc3339_us(&self.time.min_event_time).ok_or_else(|| {
+            ConfigError::Invalid(format!(
+                "time.min_event_time {:?} is not an RFC 3339 time",
+                self.time.min_event_time
+            ))
+        })?;
+        if let Some(url) = &self.mqtt.broker {
+            parse_broker_url(url)?;
+        }
+        Ok(())
+    }
+
+    /// The MQTT client id: fixed, so the broker keeps our persistent session across restarts.
+    pub fn client_id(&self) -> String {
+        self.mqtt
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("v2x-collector-{}", self.collector_id))
+    }
+}
+
+/// Parses `mqtt://host:port` (port defaults to 1883).
+pub fn parse_broker_url(url: &str) -> Result<(String, u16), ConfigError> {
+    let rest = if let Some(rest) = url.strip_prefix("mqtt://") {
+        rest
+    } else if url.starts_with("mqtts://") {
+        return Err(ConfigError::Invalid(
+            "mqtts:// (TLS) is not supported yet; use mqtt://host:port".into(),
+        ));
+    } else if url.starts_with("tcp://") {
+        &url["tcp://".len()..]
+    } else {
+        return Err(ConfigError::Invalid(format!(
+            "broker URL {url:?} must look like mqtt://host:port"
+        )));
+    };
+    let rest = rest.trim_end_matches('/');
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
+            let port = port.parse::<u16>().map_err(|_| {
+                ConfigError::Invalid(format!("broker URL {url:?} has an invalid port"))
+            })?;
+            (host, port)
+        }
+        _ => (rest, 1883),
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "broker URL {url:?} has no host"
+        )));
+    }
+    Ok((host.to_string(), port))
+}
+
+fn default_collector_id() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .unwrap_or_default();
+    let id: String = raw
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(48)
+        .collect();
+    if id.is_empty() || !id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
+        "collector".into()
+    } else {
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c.data_dir, PathBuf::from("data"));
+        assert_eq!(c.embedded.listen.to_string(), "127.0.0.1:1883");
+        assert_eq!(c.http.to_string(), "127.0.0.1:9180");
+        assert!(c.mqtt.max_packet_bytes >= 1024 * 1024);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        assert!(toml::from_str::<Config>("datadir = 'x'").is_err());
+    }
+
+    #[test]
+    fn broker_urls() {
+        assert_eq!(
+            parse_broker_url("mqtt://127.0.0.1:1999").unwrap(),
+            ("127.0.0.1".into(), 1999)
+        );
+        assert_eq!(
+            parse_broker_url("mqtt://broker").unwrap(),
+            ("broker".into(), 1883)
+        );
+        assert!(parse_broker_url("http://x").is_err());
+        assert!(parse_broker_url("mqtt://:12").is_err());
+    }
+}

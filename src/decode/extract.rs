@@ -1,0 +1,329 @@
+//! Streams a JSON payload through a plan's path tree, keeping only the values the plan reads.
+//!
+//! No `serde_json::Value` tree is built: the deserializer walks the bytes once, members the
+//! plan does not know are skipped with `IgnoredAny`, strings without escapes are borrowed from
+//! the payload. Values land in per-level records so that a field outside the exploded list
+//! (a frame's `refPos`) is shared by every row under it, whatever the key order.
+//!
+//! Tolerated on the way: duplicate keys (the last wins), a single object where a list is
+//! expected (one element), a one-element list where an object is expected, `null` lists.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+use super::plan::{Node, Plan, Slot};
+
+/// A leaf value as it appeared in the payload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scalar<'de> {
+    Null,
+    Bool(bool),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Str(Cow<'de, str>),
+    /// An object where a value was expected.
+    Object,
+    /// A list where a value was expected.
+    Array,
+}
+
+impl Scalar<'_> {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Scalar::Null => "null",
+            Scalar::Bool(_) => "a boolean",
+            Scalar::I64(_) | Scalar::U64(_) | Scalar::F64(_) => "a number",
+            Scalar::Str(_) => "a string",
+            Scalar::Object => "an object",
+            Scalar::Array => "a list",
+        }
+    }
+}
+
+/// The records of one explode level.
+#[derive(Debug)]
+pub struct Level<'de> {
+    width: usize,
+    values: Vec<Scalar<'de>>,
+    parents: Vec<u32>,
+    current: u32,
+}
+
+/// What one pass over a payload found.
+#[derive(Debug)]
+pub struct Records<'de> {
+    levels: Vec<Level<'de>>,
+    /// The first structural problem (a list where an object belongs, ...).
+    pub error: Option<String>,
+}
+
+impl<'de> Records<'de> {
+    fn new(plan: &Plan) -> Records<'de> {
+        let mut levels: Vec<Level<'de>> = plan
+            .widths
+            .iter()
+            .map(|&width| Level {
+                width,
+                values: Vec::new(),
+                parents: Vec::new(),
+                current: 0,
+            })
+            .collect();
+        // Level 0: the message itself, always one record.
+        let width0 = levels[0].width;
+        levels[0].values.resize(width0, Scalar::Null);
+        levels[0].parents.push(0);
+        Records {
+            levels,
+            error: None,
+        }
+    }
+
+    fn push_record(&mut self, level: u8) {
+        let level = level as usize;
+        let parent = self.levels[level - 1].current;
+        let l = &mut self.levels[level];
+        l.current = l.parents.len() as u32;
+        l.parents.push(parent);
+        let width = l.width;
+        l.values.resize(l.values.len() + width, Scalar::Null);
+    }
+
+    fn set(&mut self, slot: Slot, v: Scalar<'de>) {
+        let l = &mut self.levels[slot.level as usize];
+        let i = l.current as usize * l.width + slot.index as usize;
+        if let Some(cell) = l.values.get_mut(i) {
+            *cell = v;
+        }
+    }
+
+    fn fail(&mut self, msg: String) {
+        if self.error.is_none() {
+            self.error = Some(msg);
+        }
+    }
+
+    /// Number of rows: records at the deepest level.
+    pub fn row_count(&self) -> usize {
+        self.levels.last().map_or(0, |l| l.parents.len())
+    }
+
+    /// Record index at every level for row `row`, outermost first.
+    pub fn lineage(&self, row: usize, out: &mut Vec<u32>) {
+        out.clear();
+        out.resize(self.levels.len(), 0);
+        let mut idx = row as u32;
+        for level in (0..self.levels.len()).rev() {
+            out[level] = idx;
+            idx = self.levels[level]
+                .parents
+                .get(idx as usize)
+                .copied()
+                .unwrap_or(0);
+        }
+    }
+
+    /// The value of `slot` for the row whose lineage is given.
+    pub fn get(&self, slot: Slot, lineage: &[u32]) -> &Scalar<'de> {
+        let l = &self.levels[slot.level as usize];
+        let i = lineage[slot.level as usize] as usize * l.width + slot.index as usize;
+        l.values.get(i).unwrap_or(&Scalar::Null)
+    }
+}
+
+/// Walks `json` with `plan`. Syntax errors come back as `Err`; structural surprises are in
+/// `Records::error`.
+pub fn extract<'de>(plan: &Plan, json: &'de [u8]) -> Result<Records<'de>, serde_json::Error> {
+    let mut records = Records::new(plan);
+    let mut de = serde_json::Deserializer::from_slice(json);
+    NodeSeed {
+        node: &plan.root,
+        records: &mut records,
+    }
+    .deserialize(&mut de)?;
+    de.end()?;
+    Ok(records)
+}
+
+struct NodeSeed<'p, 'r, 'de> {
+    node: &'p Node,
+    records: &'r mut Records<'de>,
+}
+
+impl<'de> NodeSeed<'_, '_, 'de> {
+    fn scalar<E>(self, v: Scalar<'de>) -> Result<(), E> {
+        if let Some(slot) = self.node.leaf {
+            self.records.set(slot, v);
+        } else if v != Scalar::Null {
+            let what = if self.node.list.is_some() {
+                "a list"
+            } else {
+                "an object"
+            };
+            self.records
+                .fail(format!("expected {what}, found {}", v.type_name()));
+        }
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for NodeSeed<'_, '_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NodeSeed<'_, '_, 'de> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<(), E> {
+        self.scalar(Scalar::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<(), E> {
+        self.scalar(Scalar::I64(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<(), E> {
+        self.scalar(Scalar::U64(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<(), E> {
+        self.scalar(Scalar::F64(v))
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<(), E> {
+        self.scalar(Scalar::Str(Cow::Borrowed(v)))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<(), E> {
+        self.scalar(Scalar::Str(Cow::Owned(v.to_owned())))
+    }
+    fn visit_string<E>(self, v: String) -> Result<(), E> {
+        self.scalar(Scalar::Str(Cow::Owned(v)))
+    }
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.scalar(Scalar::Null)
+    }
+    fn visit_none<E>(self) -> Result<(), E> {
+        self.scalar(Scalar::Null)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let NodeSeed { node, records } = self;
+        if let Some((level, elem)) = &node.list {
+            // A single object where the standard says a list: one element.
+            records.push_record(*level);
+            return NodeSeed {
+                node: elem,
+                records,
+            }
+            .visit_map(map);
+        }
+        if node.children.is_empty() {
+            if let Some(slot) = node.leaf {
+                records.set(slot, Scalar::Object);
+            }
+            while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            return Ok(());
+        }
+        while let Some(child) = map.next_key_seed(KeySeed { node })? {
+            match child {
+                Some(i) => map.next_value_seed(NodeSeed {
+                    node: &node.children[i].1,
+                    records: &mut *records,
+                })?,
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let NodeSeed { node, records } = self;
+        if let Some((level, elem)) = &node.list {
+            while seq
+                .next_element_seed(ElemSeed {
+                    level: *level,
+                    node: elem,
+                    records: &mut *records,
+                })?
+                .is_some()
+            {}
+            return Ok(());
+        }
+        if node.children.is_empty() {
+            if let Some(slot) = node.leaf {
+                records.set(slot, Scalar::Array);
+            }
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            return Ok(());
+        }
+        // A list where an object belongs: accept exactly one element.
+        let mut count = 0usize;
+        while seq
+            .next_element_seed(NodeSeed {
+                node,
+                records: &mut *records,
+            })?
+            .is_some()
+        {
+            count += 1;
+        }
+        if count > 1 {
+            records.fail(format!("expected an object, found a list of {count}"));
+        }
+        Ok(())
+    }
+}
+
+/// Resolves an object key to the index of a child node, without allocating.
+struct KeySeed<'p> {
+    node: &'p Node,
+}
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for KeySeed<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Option<usize>, E> {
+        Ok(self.node.children.iter().position(|(k, _)| k.as_ref() == v))
+    }
+}
+
+/// One list element: opens a record at its level, then reads the element.
+struct ElemSeed<'p, 'r, 'de> {
+    level: u8,
+    node: &'p Node,
+    records: &'r mut Records<'de>,
+}
+
+impl<'de> DeserializeSeed<'de> for ElemSeed<'_, '_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        self.records.push_record(self.level);
+        NodeSeed {
+            node: self.node,
+            records: self.records,
+        }
+        .deserialize(d)
+    }
+}

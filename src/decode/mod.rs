@@ -1,0 +1,889 @@
+//! Decode: payload bytes -> typed rows in SI units with event times, straight into Arrow
+//! builders, one set per (kind, event hour). Anything that cannot be filed becomes a
+//! quarantine row with its reason; a message is filed whole or quarantined whole.
+
+pub mod extract;
+pub mod plan;
+pub mod time;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::{
+    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+};
+use arrow::datatypes::{
+    DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
+    TimestampMillisecondType,
+};
+use arrow::record_batch::RecordBatch;
+
+use crate::config::{TimeConfig, TimestampUnit};
+use crate::quarantine::{QuarantineBuilder, Reason, Rejection};
+use crate::route::{RouteError, Router, is_safe_identifier};
+use crate::schema::{ColumnType, KindSchema, SchemaError, TimeFormat};
+use extract::{Records, Scalar};
+use plan::{ColumnPlan, ColumnSource, Constant, Plan};
+
+pub const US_PER_HOUR: i64 = 3_600_000_000;
+
+/// A kind's schema, compiled.
+pub struct KindDecoder {
+    pub schema: KindSchema,
+    pub arrow: SchemaRef,
+    /// Lower-case profile name -> plans (one, or one per part).
+    profiles: HashMap<String, Vec<Plan>>,
+    messages: metrics::Counter,
+    rows: metrics::Counter,
+}
+
+impl KindDecoder {
+    pub fn new(schema: KindSchema, unit: TimestampUnit) -> Result<KindDecoder, SchemaError> {
+        let mut profiles = HashMap::new();
+        for (name, p) in &schema.profiles {
+            let parts: Vec<&str> = if p.parts.is_empty() {
+                vec![name.as_str()]
+            } else {
+                p.parts.iter().map(String::as_str).collect()
+            };
+            let plans = parts
+                .iter()
+                .map(|part| plan::compile(&schema, part, &schema.profiles[*part]))
+                .collect::<Result<Vec<_>, _>>()?;
+            profiles.insert(name.clone(), plans);
+        }
+        let arrow = arrow_schema(&schema, unit);
+        let kind = schema.kind.clone();
+        Ok(KindDecoder {
+            schema,
+            arrow,
+            profiles,
+            messages: metrics::counter!("v2x_decode_messages_total", "kind" => kind.clone()),
+            rows: metrics::counter!("v2x_decode_rows_total", "kind" => kind),
+        })
+    }
+
+    fn plans(&self, profile: &str) -> Option<&[Plan]> {
+        let key: Cow<str> = if profile.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(profile.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(profile)
+        };
+        self.profiles.get(key.as_ref()).map(Vec::as_slice)
+    }
+}
+
+fn ts_type(unit: TimestampUnit) -> DataType {
+    match unit {
+        TimestampUnit::Us => DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into())),
+        TimestampUnit::Ms => DataType::Timestamp(TimeUnit::Millisecond, Some("UTC".into())),
+    }
+}
+
+/// The Arrow schema of a kind: the common columns, then the declared ones with their unit
+/// and doc in the field metadata, and the whole schema file as JSON in the schema metadata.
+pub fn arrow_schema(schema: &KindSchema, unit: TimestampUnit) -> SchemaRef {
+    let mut fields = vec![
+        Field::new("event_ts", ts_type(unit), false),
+        Field::new("recv_ts", ts_type(unit), false),
+        Field::new("source_id", DataType::Utf8, false),
+        Field::new("topic", DataType::Utf8, false),
+        Field::new("profile", DataType::Utf8, false),
+        Field::new("msg_uid", DataType::Utf8, false),
+    ];
+    for c in &schema.columns {
+        let ty = match c.ty {
+            ColumnType::Float64 => DataType::Float64,
+            ColumnType::Int64 => DataType::Int64,
+            ColumnType::Int32 => DataType::Int32,
+            ColumnType::Utf8 => DataType::Utf8,
+            ColumnType::Bool => DataType::Boolean,
+            ColumnType::Timestamp => ts_type(unit),
+        };
+        let meta = HashMap::from([
+            ("unit".to_string(), c.unit.clone()),
+            ("doc".to_string(), c.doc.clone()),
+        ]);
+        fields.push(Field::new(&c.name, ty, c.nullable).with_metadata(meta));
+    }
+    let meta = HashMap::from([
+        ("v2x.kind".to_string(), schema.kind.clone()),
+        ("v2x.schema".to_string(), schema.to_json()),
+    ]);
+    Arc::new(Schema::new(fields).with_metadata(meta))
+}
+
+/// A converted value, waiting until the whole message is known to be good.
+#[derive(Debug, Clone)]
+enum Cell<'a> {
+    Null,
+    F64(f64),
+    I64(i64),
+    Bool(bool),
+    Str(Cow<'a, str>),
+}
+
+enum ColBuilder {
+    F64(Float64Builder),
+    I64(Int64Builder),
+    I32(Int32Builder),
+    Str(StringBuilder),
+    Bool(BooleanBuilder),
+    Ts(Int64Builder),
+}
+
+impl ColBuilder {
+    fn new(ty: ColumnType) -> ColBuilder {
+        match ty {
+            ColumnType::Float64 => ColBuilder::F64(Float64Builder::new()),
+            ColumnType::Int64 => ColBuilder::I64(Int64Builder::new()),
+            ColumnType::Int32 => ColBuilder::I32(Int32Builder::new()),
+            ColumnType::Utf8 => ColBuilder::Str(StringBuilder::new()),
+            ColumnType::Bool => ColBuilder::Bool(BooleanBuilder::new()),
+            ColumnType::Timestamp => ColBuilder::Ts(Int64Builder::new()),
+        }
+    }
+
+    /// Cells were converted for this column's type, so the pairing always fits.
+    fn append(&mut self, cell: &Cell, unit: TimestampUnit) {
+        match (self, cell) {
+            (ColBuilder::F64(b), Cell::F64(v)) => b.append_value(*v),
+            (ColBuilder::I64(b), Cell::I64(v)) => b.append_value(*v),
+            (ColBuilder::I32(b), Cell::I64(v)) => b.append_value(*v as i32),
+            (ColBuilder::Str(b), Cell::Str(v)) => b.append_value(v),
+            (ColBuilder::Bool(b), Cell::Bool(v)) => b.append_value(*v),
+            (ColBuilder::Ts(b), Cell::I64(v)) => b.append_value(scale_ts(*v, unit)),
+            (ColBuilder::F64(b), _) => b.append_null(),
+            (ColBuilder::I64(b), _) | (ColBuilder::Ts(b), _) => b.append_null(),
+            (ColBuilder::I32(b), _) => b.append_null(),
+            (ColBuilder::Str(b), _) => b.append_null(),
+            (ColBuilder::Bool(b), _) => b.append_null(),
+        }
+    }
+
+    fn finish(&mut self, unit: TimestampUnit) -> ArrayRef {
+        match self {
+            ColBuilder::F64(b) => Arc::new(b.finish()),
+            ColBuilder::I64(b) => Arc::new(b.finish()),
+            ColBuilder::I32(b) => Arc::new(b.finish()),
+            ColBuilder::Str(b) => Arc::new(b.finish()),
+            ColBuilder::Bool(b) => Arc::new(b.finish()),
+            ColBuilder::Ts(b) => ts_array(b.finish(), unit),
+        }
+    }
+}
+
+fn scale_ts(us: i64, unit: TimestampUnit) -> i64 {
+    match unit {
+        TimestampUnit::Us => us,
+        TimestampUnit::Ms => us.div_euclid(1000),
+    }
+}
+
+fn ts_array(values: arrow::array::Int64Array, unit: TimestampUnit) -> ArrayRef {
+    match unit {
+        TimestampUnit::Us => Arc::new(
+            values
+                .reinterpret_cast::<TimestampMicrosecondType>()
+                .with_timezone("UTC"),
+        ),
+        TimestampUnit::Ms => Arc::new(
+            values
+                .reinterpret_cast::<TimestampMillisecondType>()
+                .with_timezone("UTC"),
+        ),
+    }
+}
+
+/// Builders for the rows of one kind and one event hour.
+struct RowBuilders {
+    event_ts: Int64Builder,
+    recv_ts: Int64Builder,
+    source_id: StringBuilder,
+    topic: StringBuilder,
+    profile: StringBuilder,
+    msg_uid: StringBuilder,
+    cols: Vec<ColBuilder>,
+    rows: usize,
+}
+
+impl RowBuilders {
+    fn new(schema: &KindSchema) -> RowBuilders {
+        RowBuilders {
+            event_ts: Int64Builder::new(),
+            recv_ts: Int64Builder::new(),
+            source_id: StringBuilder::new(),
+            topic: StringBuilder::new(),
+            profile: StringBuilder::new(),
+            msg_uid: StringBuilder::new(),
+            cols: schema
+                .columns
+                .iter()
+                .map(|c| ColBuilder::new(c.ty))
+                .collect(),
+            rows: 0,
+        }
+    }
+
+    fn finish(&mut self, arrow: &SchemaRef, unit: TimestampUnit) -> RecordBatch {
+        let mut columns: Vec<ArrayRef> = vec![
+            ts_array(self.event_ts.finish(), unit),
+            ts_array(self.recv_ts.finish(), unit),
+            Arc::new(self.source_id.finish()),
+            Arc::new(self.topic.finish()),
+            Arc::new(self.profile.finish()),
+            Arc::new(self.msg_uid.finish()),
+        ];
+        columns.extend(self.cols.iter_mut().map(|c| c.finish(unit)));
+        self.rows = 0;
+        RecordBatch::try_new(arrow.clone(), columns).expect("builders follow the kind's schema")
+    }
+}
+
+/// Decoded rows ready for the writer: one table, one hour partition.
+#[derive(Debug)]
+pub struct Batch {
+    /// Kind name, or `_quarantine`.
+    pub table: Arc<str>,
+    /// Start of the hour partition, microseconds since the epoch.
+    pub hour_us: i64,
+    pub batch: RecordBatch,
+}
+
+/// What became of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Filed as this many rows (0 for an empty list, such as an RSM seeing nobody).
+    Filed {
+        kind: usize,
+        rows: usize,
+    },
+    Quarantined(Reason),
+}
+
+/// The plausibility window for event times.
+#[derive(Debug, Clone)]
+pub struct TimeWindow {
+    pub min_us: i64,
+    pub max_future_us: i64,
+    pub max_past_us: Option<i64>,
+}
+
+impl TimeWindow {
+    pub fn from_config(t: &TimeConfig) -> Option<TimeWindow> {
+        Some(TimeWindow {
+            min_us: time::parse_rfc3339_us(&t.min_event_time)?,
+            max_future_us: (t.max_future_skew_s * 1e6) as i64,
+            max_past_us: t.max_past_skew_s.map(|s| (s * 1e6) as i64),
+        })
+    }
+
+    fn check(&self, event_us: i64, recv_us: i64) -> Result<(), String> {
+        if event_us < self.min_us {
+            return Err(format!(
+                "event time {} is before the earliest plausible time",
+                fmt_us(event_us)
+            ));
+        }
+        if event_us > recv_us + self.max_future_us {
+            return Err(format!(
+                "event time {} is more than {} s ahead of receive time {}",
+                fmt_us(event_us),
+                self.max_future_us / 1_000_000,
+                fmt_us(recv_us)
+            ));
+        }
+        if let Some(past) = self.max_past_us
+            && event_us < recv_us - past
+        {
+            return Err(format!(
+                "event time {} is more than {} s before receive time {}",
+                fmt_us(event_us),
+                past / 1_000_000,
+                fmt_us(recv_us)
+            ));
+        }
+        Ok(())
+    }
+}
+
+pub fn fmt_us(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_else(|| format!("{us} us"))
+}
+
+/// Settings the decoder needs.
+#[derive(Debug, Clone)]
+pub struct DecodeSettings {
+    pub max_payload_bytes: usize,
+    pub quarantine_keep_bytes: usize,
+    pub window: TimeWindow,
+    pub unit: TimestampUnit,
+}
+
+/// Routes and decodes messages into per-(kind, hour) builders.
+pub struct Decoder {
+    router: Arc<Router>,
+    kinds: Vec<KindDecoder>,
+    kind_index: HashMap<String, usize>,
+    settings: DecodeSettings,
+    open: HashMap<(usize, i64), RowBuilders>,
+    quarantine: HashMap<i64, QuarantineBuilder>,
+    quarantine_counters: HashMap<Reason, metrics::Counter>,
+    lineage: Vec<u32>,
+    pending_rows: usize,
+}
+
+struct Staged<'a> {
+    source_id: Cow<'a, str>,
+    profile: &'a str,
+    events: Vec<i64>,
+    cells: Vec<Cell<'a>>,
+}
+
+impl Decoder {
+    pub fn new(
+        router: Router,
+        schemas: Vec<KindSchema>,
+        settings: DecodeSettings,
+    ) -> Result<Decoder, SchemaError> {
+        let kinds = schemas
+            .into_iter()
+            .map(|s| KindDecoder::new(s, settings.unit))
+            .collect::<Result<Vec<_>, _>>()?;
+        let kind_index = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (k.schema.kind.clone(), i))
+            .collect();
+        let quarantine_counters = Reason::ALL
+            .iter()
+            .map(|r| {
+                (
+                    *r,
+                    metrics::counter!("v2x_quarantine_messages_total", "reason" => r.as_str()),
+                )
+            })
+            .collect();
+        Ok(Decoder {
+            router: Arc::new(router),
+            kinds,
+            kind_index,
+            settings,
+            open: HashMap::new(),
+            quarantine: HashMap::new(),
+            quarantine_counters,
+            lineage: Vec::new(),
+            pending_rows: 0,
+        })
+    }
+
+    pub fn kinds(&self) -> &[KindDecoder] {
+        &self.kinds
+    }
+
+    /// Rows (and quarantine rows) waiting in builders.
+    pub fn pending_rows(&self) -> usize {
+        self.pending_rows
+    }
+
+    /// Routes, decodes and buffers one message.
+    pub fn decode(&mut self, topic: &str, payload: &[u8], recv_us: i64) -> Outcome {
+        if payload.len() > self.settings.max_payload_bytes {
+            let r = Rejection::new(
+                Reason::TooLarge,
+                format!(
+                    "payload of {} bytes exceeds decode.max_payload_bytes = {}",
+                    payload.len(),
+                    self.settings.max_payload_bytes
+                ),
+            );
+            return self.reject(topic, None, payload, recv_us, r);
+        }
+        let router = Arc::clone(&self.router);
+        let outcome = match router.route(topic) {
+            Err(RouteError::NoMatch) => self.reject(
+                topic,
+                None,
+                payload,
+                recv_us,
+                Rejection::new(Reason::UnknownTopic, "topic matches no route template"),
+            ),
+            Err(RouteError::UnsafeSourceId) => self.reject(
+                topic,
+                None,
+                payload,
+                recv_us,
+                Rejection::new(
+                    Reason::InvalidSourceId,
+                    "the source id segment of the topic is not a safe identifier",
+                ),
+            ),
+            Ok(route) => match self.kind_index.get(route.kind).copied() {
+                None => self.reject(
+                    topic,
+                    None,
+                    payload,
+                    recv_us,
+                    Rejection::new(
+                        Reason::UnknownKind,
+                        format!("no schema for kind {:?}", route.kind),
+                    ),
+                ),
+                Some(k) => {
+                    self.decode_as(k, route.profile, route.source_id, topic, payload, recv_us)
+                }
+            },
+        };
+        outcome
+    }
+
+    /// Decodes a message as a given kind and profile (used by `decode` and `schema check`).
+    pub fn decode_as(
+        &mut self,
+        kind: usize,
+        profile: &str,
+        topic_source: Option<&str>,
+        topic: &str,
+        payload: &[u8],
+        recv_us: i64,
+    ) -> Outcome {
+        let kind_name = self.kinds[kind].schema.kind.clone();
+        match self.stage(kind, profile, topic_source, payload, recv_us) {
+            Err(r) => self.reject(topic, Some(&kind_name), payload, recv_us, r),
+            Ok(staged) => {
+                let rows = staged.events.len();
+                self.append(kind, topic, payload, recv_us, staged);
+                let k = &self.kinds[kind];
+                k.messages.increment(1);
+                k.rows.increment(rows as u64);
+                Outcome::Filed { kind, rows }
+            }
+        }
+    }
+
+    fn reject(
+        &mut self,
+        topic: &str,
+        kind: Option<&str>,
+        payload: &[u8],
+        recv_us: i64,
+        r: Rejection,
+    ) -> Outcome {
+        if let Some(c) = self.quarantine_counters.get(&r.reason) {
+            c.increment(1);
+        }
+        tracing::debug!(topic = %topic.escape_debug(), reason = %r.reason, error = %r.detail, "quarantined");
+        let hour = recv_us.div_euclid(US_PER_HOUR) * US_PER_HOUR;
+        self.quarantine.entry(hour).or_default().push(
+            recv_us,
+            topic,
+            kind,
+            payload,
+            self.settings.quarantine_keep_bytes,
+            &r,
+        );
+        self.pending_rows += 1;
+        Outcome::Quarantined(r.reason)
+    }
+
+    /// Parses and converts every row of a message without touching the builders.
+    fn stage<'a>(
+        &mut self,
+        kind: usize,
+        profile: &'a str,
+        topic_source: Option<&'a str>,
+        payload: &'a [u8],
+        recv_us: i64,
+    ) -> Result<Staged<'a>, Rejection> {
+        let k = &self.kinds[kind];
+        let plans = k.plans(profile).ok_or_else(|| {
+            Rejection::new(
+                Reason::UnknownProfile,
+                format!(
+                    "kind {} has no payload profile {:?} (known: {})",
+                    k.schema.kind,
+                    profile,
+                    k.schema
+                        .profiles
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })?;
+        let body = payload.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(payload);
+        let ncols = k.schema.columns.len();
+        let mut staged = Staged {
+            source_id: Cow::Borrowed(topic_source.unwrap_or("")),
+            profile,
+            events: Vec::new(),
+            cells: Vec::new(),
+        };
+        let repaired: String;
+        let body: &[u8] = match std::str::from_utf8(body) {
+            Ok(_) => body,
+            Err(_) => {
+                // GB2312-era text that is not UTF-8: keep the message, replace the bad bytes.
+                repaired = String::from_utf8_lossy(body).into_owned();
+                repaired.as_bytes()
+            }
+        };
+        for plan in plans {
+            let records = extract::extract(plan, body).map_err(|e| {
+                let reason = match e.classify() {
+                    serde_json::error::Category::Data => Reason::TypeMismatch,
+                    _ => Reason::InvalidJson,
+                };
+                Rejection::new(reason, e.to_string())
+            })?;
+            if let Some(e) = &records.error {
+                return Err(Rejection::new(Reason::TypeMismatch, e.clone()));
+            }
+            let window = &self.settings.window;
+            for row in 0..records.row_count() {
+                records.lineage(row, &mut self.lineage);
+                let lineage = &self.lineage;
+                if topic_source.is_none() && staged.source_id.is_empty() {
+                    staged.source_id = source_from_payload(plan, &records, lineage)?;
+                }
+                let event = event_time(plan, &records, lineage, recv_us)?;
+                window
+                    .check(event, recv_us)
+                    .map_err(|e| Rejection::new(Reason::ImplausibleTime, e))?;
+                staged.events.push(event);
+                for col in &plan.columns {
+                    let cell = convert(col, &records, lineage, recv_us)?;
+                    staged.cells.push(own_cell(cell));
+                }
+                debug_assert_eq!(staged.cells.len(), staged.events.len() * ncols);
+            }
+            if topic_source.is_none() && staged.source_id.is_empty() && records.row_count() == 0 {
+                records.lineage(0, &mut self.lineage);
+                staged.source_id = source_from_payload(plan, &records, &self.lineage)?;
+            }
+        }
+        if staged.source_id.is_empty() {
+            return Err(Rejection::new(
+                Reason::MissingSourceId,
+                "neither the topic nor the payload gives a source id",
+            ));
+        }
+        Ok(staged)
+    }
+
+    fn append(&mut self, kind: usize, topic: &str, payload: &[u8], recv_us: i64, s: Staged) {
+        let k = &self.kinds[kind];
+        let ncols = k.schema.columns.len();
+        let uid = msg_uid(topic, payload);
+        let unit = self.settings.unit;
+        for (row, &event) in s.events.iter().enumerate() {
+            let hour = event.div_euclid(US_PER_HOUR) * US_PER_HOUR;
+            let b = self
+                .open
+                .entry((kind, hour))
+                .or_insert_with(|| RowBuilders::new(&k.schema));
+            b.event_ts.append_value(scale_ts(event, unit));
+            b.recv_ts.append_value(scale_ts(recv_us, unit));
+            b.source_id.append_value(&s.source_id);
+            b.topic.append_value(topic);
+            b.profile.append_value(s.profile);
+            b.msg_uid.append_value(&uid);
+            for (c, cell) in b
+                .cols
+                .iter_mut()
+                .zip(&s.cells[row * ncols..(row + 1) * ncols])
+            {
+                c.append(cell, unit);
+            }
+            b.rows += 1;
+        }
+        self.pending_rows += s.events.len();
+    }
+
+    /// Finishes every builder into batches for the writer.
+    pub fn take_batches(&mut self) -> Vec<Batch> {
+        let mut out = Vec::with_capacity(self.open.len() + self.quarantine.len());
+        for ((kind, hour), mut b) in self.open.drain() {
+            if b.rows == 0 {
+                continue;
+            }
+            let k = &self.kinds[kind];
+            out.push(Batch {
+                table: Arc::from(k.schema.kind.as_str()),
+                hour_us: hour,
+                batch: b.finish(&k.arrow, self.settings.unit),
+            });
+        }
+        for (hour, mut q) in self.quarantine.drain() {
+            if q.is_empty() {
+                continue;
+            }
+            out.push(Batch {
+                table: Arc::from(crate::quarantine::TABLE),
+                hour_us: hour,
+                batch: q.finish(),
+            });
+        }
+        self.pending_rows = 0;
+        out
+    }
+}
+
+/// A 128-bit hash of topic and payload, as 32 hex characters: the same delivery always gets
+/// the same id, two different payloads practically never do.
+pub fn msg_uid(topic: &str, payload: &[u8]) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(topic.as_bytes());
+    h.update(&[0]);
+    h.update(payload);
+    format!("{:032x}", h.digest128())
+}
+
+fn own_cell(c: Cell<'_>) -> Cell<'static> {
+    match c {
+        Cell::Null => Cell::Null,
+        Cell::F64(v) => Cell::F64(v),
+        Cell::I64(v) => Cell::I64(v),
+        Cell::Bool(v) => Cell::Bool(v),
+        Cell::Str(s) => Cell::Str(Cow::Owned(s.into_owned())),
+    }
+}
+
+fn source_from_payload<'a>(
+    plan: &Plan,
+    records: &Records<'_>,
+    lineage: &[u32],
+) -> Result<Cow<'a, str>, Rejection> {
+    for slot in &plan.source_id {
+        let text = match records.get(*slot, lineage) {
+            Scalar::Str(s) => s.to_string(),
+            Scalar::I64(v) => v.to_string(),
+            Scalar::U64(v) => v.to_string(),
+            _ => continue,
+        };
+        if text.is_empty() {
+            continue;
+        }
+        if !is_safe_identifier(&text) {
+            return Err(Rejection::new(
+                Reason::InvalidSourceId,
+                "the payload's source id is not a safe identifier",
+            ));
+        }
+        return Ok(Cow::Owned(text));
+    }
+    Ok(Cow::Borrowed(""))
+}
+
+fn event_time(
+    plan: &Plan,
+    records: &Records<'_>,
+    lineage: &[u32],
+    recv_us: i64,
+) -> Result<i64, Rejection> {
+    let mut problems = Vec::new();
+    for t in &plan.event_time {
+        let v = records.get(t.slot, lineage);
+        if *v == Scalar::Null {
+            continue;
+        }
+        let moy = t.moy.and_then(|m| as_i64(records.get(m, lineage)));
+        match time_value(v, t.format, moy, recv_us) {
+            Some(us) => return Ok(us),
+            None => problems.push(format!("{v:?} is not a valid {:?} time", t.format)),
+        }
+    }
+    if plan.event_time_fallback_recv {
+        return Ok(recv_us);
+    }
+    let detail = if problems.is_empty() {
+        "no event-time field present".to_string()
+    } else {
+        problems.join("; ")
+    };
+    Err(Rejection::new(Reason::MissingEventTime, detail))
+}
+
+fn time_value(v: &Scalar<'_>, format: TimeFormat, moy: Option<i64>, recv_us: i64) -> Option<i64> {
+    match format {
+        TimeFormat::Auto => match v {
+            Scalar::Str(s) => time::parse_text_auto_us(s),
+            other => time::epoch_auto_us(as_f64(other)?),
+        },
+        TimeFormat::EpochMs => time::epoch_ms_us(as_f64(v)?),
+        TimeFormat::EpochS => time::epoch_s_us(as_f64(v)?),
+        TimeFormat::Rfc3339 => match v {
+            Scalar::Str(s) => time::parse_rfc3339_us(s),
+            _ => None,
+        },
+        TimeFormat::BeijingLocal => match v {
+            Scalar::Str(s) => time::parse_beijing_local_us(s),
+            _ => None,
+        },
+        TimeFormat::SecMark => {
+            let sec_mark = as_i64(v)?;
+            match moy {
+                Some(m) => time::moy_sec_mark_us(m, sec_mark, recv_us)
+                    .or_else(|| time::sec_mark_us(sec_mark, recv_us)),
+                None => time::sec_mark_us(sec_mark, recv_us),
+            }
+        }
+    }
+}
+
+fn as_f64(v: &Scalar<'_>) -> Option<f64> {
+    match v {
+        Scalar::I64(i) => Some(*i as f64),
+        Scalar::U64(u) => Some(*u as f64),
+        Scalar::F64(f) => Some(*f),
+        Scalar::Str(s) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
+        _ => None,
+    }
+}
+
+fn as_i64(v: &Scalar<'_>) -> Option<i64> {
+    match v {
+        Scalar::I64(i) => Some(*i),
+        Scalar::U64(u) => i64::try_from(*u).ok(),
+        Scalar::F64(f) if f.fract() == 0.0 && f.abs() < 9.0e18 => Some(*f as i64),
+        Scalar::Str(s) => {
+            let s = s.trim();
+            s.parse::<i64>()
+                .ok()
+                .or_else(|| as_i64(&Scalar::F64(s.parse::<f64>().ok()?)))
+        }
+        _ => None,
+    }
+}
+
+/// Converts one column's raw value into its declared type and unit.
+fn convert<'a>(
+    col: &ColumnPlan,
+    records: &'a Records<'_>,
+    lineage: &[u32],
+    recv_us: i64,
+) -> Result<Cell<'a>, Rejection> {
+    let raw: Cow<'a, Scalar<'_>> = match &col.source {
+        ColumnSource::Absent => Cow::Owned(Scalar::Null),
+        ColumnSource::Const(c) => {
+            return Ok(match c {
+                Constant::Null => Cell::Null,
+                Constant::Bool(b) => Cell::Bool(*b),
+                Constant::Int(i) => Cell::I64(*i),
+                Constant::Float(f) => Cell::F64(*f),
+                Constant::Str(s) => Cell::Str(Cow::Owned(s.clone())),
+            });
+        }
+        ColumnSource::Slots(slots) => Cow::Borrowed(
+            slots
+                .iter()
+                .map(|s| records.get(*s, lineage))
+                .find(|v| **v != Scalar::Null)
+                .unwrap_or(&Scalar::Null),
+        ),
+    };
+    let mismatch = |what: &str| {
+        Rejection::new(
+            Reason::TypeMismatch,
+            format!(
+                "column {}: expected {what}, found {} {:?}",
+                col.name,
+                raw.type_name(),
+                raw.as_ref()
+            ),
+        )
+    };
+    if let Scalar::Str(s) = raw.as_ref()
+        && s.trim().is_empty()
+        && col.ty != ColumnType::Utf8
+    {
+        return null_or_missing(col);
+    }
+    let cell = match (col.ty, raw.as_ref()) {
+        (_, Scalar::Null) => return null_or_missing(col),
+        (ColumnType::Float64, v) => {
+            let x = as_f64(v).ok_or_else(|| mismatch("a number"))?;
+            if unavailable(col, x) {
+                return null_or_missing(col);
+            }
+            let scaled = match (col.divisor, col.scale) {
+                (Some(d), _) => x / d,
+                (None, Some(s)) => x * s,
+                (None, None) => x,
+            };
+            Cell::F64(scaled + col.offset.unwrap_or(0.0))
+        }
+        (ColumnType::Int64 | ColumnType::Int32, v) => {
+            let x = as_i64(v).ok_or_else(|| mismatch("an integer"))?;
+            if unavailable(col, x as f64) {
+                return null_or_missing(col);
+            }
+            if col.ty == ColumnType::Int32 && i32::try_from(x).is_err() {
+                return Err(mismatch("a 32-bit integer"));
+            }
+            Cell::I64(x)
+        }
+        (ColumnType::Bool, v) => Cell::Bool(match v {
+            Scalar::Bool(b) => *b,
+            Scalar::I64(0) | Scalar::U64(0) => false,
+            Scalar::I64(1) | Scalar::U64(1) => true,
+            Scalar::Str(s) if s.eq_ignore_ascii_case("true") || s.as_ref() == "1" => true,
+            Scalar::Str(s) if s.eq_ignore_ascii_case("false") || s.as_ref() == "0" => false,
+            _ => return Err(mismatch("a boolean")),
+        }),
+        (ColumnType::Timestamp, v) => match time_value(v, col.time_format, None, recv_us) {
+            Some(us) => Cell::I64(us),
+            None => return Err(mismatch("a time")),
+        },
+        (ColumnType::Utf8, v) => {
+            let text: Cow<'a, str> = match v {
+                Scalar::Str(s) => match &raw {
+                    Cow::Borrowed(Scalar::Str(b)) => Cow::Borrowed(b.as_ref()),
+                    _ => Cow::Owned(s.to_string()),
+                },
+                Scalar::I64(i) => Cow::Owned(i.to_string()),
+                Scalar::U64(u) => Cow::Owned(u.to_string()),
+                Scalar::F64(f) if f.fract() == 0.0 && f.abs() < 1e15 => {
+                    Cow::Owned((*f as i64).to_string())
+                }
+                Scalar::F64(f) => Cow::Owned(f.to_string()),
+                Scalar::Bool(b) => Cow::Owned(b.to_string()),
+                _ => return Err(mismatch("a string")),
+            };
+            match &col.enum_map {
+                Some(map) => {
+                    let key = text.trim().to_ascii_lowercase();
+                    match map.get(&key) {
+                        Some(name) => Cell::Str(Cow::Owned(name.clone())),
+                        // An unknown code is kept as sent rather than lost.
+                        None => Cell::Str(Cow::Owned(key)),
+                    }
+                }
+                None => Cell::Str(text),
+            }
+        }
+    };
+    Ok(cell)
+}
+
+fn unavailable(col: &ColumnPlan, raw: f64) -> bool {
+    col.unavailable.contains(&raw) || col.unavailable_at_or_above.is_some_and(|t| raw >= t)
+}
+
+fn null_or_missing<'a>(col: &ColumnPlan) -> Result<Cell<'a>, Rejection> {
+    if col.nullable {
+        Ok(Cell::Null)
+    } else {
+        Err(Rejection::new(
+            Reason::MissingField,
+            format!("required column {} is missing or unavailable", col.name),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

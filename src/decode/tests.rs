@@ -1,0 +1,539 @@
+//! Decoder specifications, on real captures from `../shared/data` where there are some.
+
+use super::*;
+use crate::route::builtin_routes;
+use arrow::array::AsArray;
+use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
+
+fn shared(path: &str) -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(path);
+    std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
+
+fn decoder() -> Decoder {
+    let router = Router::new("/", &builtin_routes()).unwrap();
+    let schemas = crate::schema::load_all(None).unwrap();
+    let settings = DecodeSettings {
+        max_payload_bytes: 64 * 1024,
+        quarantine_keep_bytes: 1024,
+        window: TimeWindow::from_config(&TimeConfig::default()).unwrap(),
+        unit: TimestampUnit::Us,
+    };
+    Decoder::new(router, schemas, settings).unwrap()
+}
+
+fn us(s: &str) -> i64 {
+    time::parse_rfc3339_us(s).unwrap()
+}
+
+/// All rows of one table, concatenated across hours.
+fn table(d: &mut Decoder, name: &str) -> RecordBatch {
+    let batches: Vec<RecordBatch> = d
+        .take_batches()
+        .into_iter()
+        .filter(|b| &*b.table == name)
+        .map(|b| b.batch)
+        .collect();
+    assert!(!batches.is_empty(), "no rows in {name}");
+    arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
+fn f64s(b: &RecordBatch, col: &str) -> Vec<Option<f64>> {
+    b.column_by_name(col)
+        .unwrap()
+        .as_primitive::<Float64Type>()
+        .iter()
+        .collect()
+}
+
+fn i64s(b: &RecordBatch, col: &str) -> Vec<Option<i64>> {
+    b.column_by_name(col)
+        .unwrap()
+        .as_primitive::<Int64Type>()
+        .iter()
+        .collect()
+}
+
+fn i32s(b: &RecordBatch, col: &str) -> Vec<Option<i32>> {
+    b.column_by_name(col)
+        .unwrap()
+        .as_primitive::<Int32Type>()
+        .iter()
+        .collect()
+}
+
+fn strs(b: &RecordBatch, col: &str) -> Vec<Option<String>> {
+    b.column_by_name(col)
+        .unwrap()
+        .as_string::<i32>()
+        .iter()
+        .map(|s| s.map(str::to_string))
+        .collect()
+}
+
+fn ts(b: &RecordBatch, col: &str) -> Vec<i64> {
+    b.column_by_name(col)
+        .unwrap()
+        .as_primitive::<TimestampMicrosecondType>()
+        .values()
+        .to_vec()
+}
+
+fn reasons(d: &mut Decoder) -> Vec<String> {
+    let q = table(d, crate::quarantine::TABLE);
+    strs(&q, "reason").into_iter().flatten().collect()
+}
+
+#[test]
+fn std_rsm_from_the_capture() {
+    let mut d = decoder();
+    let recv = us("2026-11-28T09:00:44Z");
+    let text = shared("openv2x-payloads/derived_rsm_std_payloads.ndjson");
+    let first = text.lines().next().unwrap();
+    let out = d.decode("V2X/RSU/R328328/RSM/UP", first.as_bytes(), recv);
+    assert_eq!(
+        out,
+        Outcome::Filed { kind: 4, rows: 13 }.with_kind_of(&d, "rsm_participant")
+    );
+    let b = table(&mut d, "rsm_participant");
+    assert_eq!(b.num_rows(), 13);
+    // The first participant: speed 355 (0.02 m/s), heading 20946 (0.0125 deg).
+    assert_eq!(f64s(&b, "speed_mps")[0], Some(7.10));
+    assert_eq!(f64s(&b, "heading_deg")[0], Some(261.825));
+    assert_eq!(f64s(&b, "lat_deg")[0], Some(31.9351607));
+    assert_eq!(f64s(&b, "lon_deg")[0], Some(118.8229277));
+    assert_eq!(
+        f64s(&b, "elevation_m")[0],
+        None,
+        "null elevation stays null"
+    );
+    assert_eq!(f64s(&b, "width_m")[0], Some(1.80));
+    assert_eq!(f64s(&b, "length_m")[0], Some(5.00));
+    assert_eq!(f64s(&b, "height_m")[0], Some(1.50));
+    assert_eq!(f64s(&b, "ref_lat_deg")[0], Some(31.9348466));
+    assert_eq!(strs(&b, "ptc_type")[0].as_deref(), Some("motor"));
+    assert_eq!(strs(&b, "detect_source")[0].as_deref(), Some("video"));
+    assert_eq!(strs(&b, "track_id")[0].as_deref(), Some("ad5de"));
+    assert_eq!(strs(&b, "lane")[0].as_deref(), Some("23"));
+    assert_eq!(i64s(&b, "ptc_id")[0], Some(5));
+    assert_eq!(strs(&b, "source_id")[0].as_deref(), Some("R328328"));
+    // secMark 43900 rebuilt in the minute nearest the receive time.
+    assert_eq!(ts(&b, "event_ts")[0], us("2026-11-28T09:00:43.900Z"));
+    assert_eq!(ts(&b, "recv_ts")[0], recv);
+    let uids = strs(&b, "msg_uid");
+    assert!(
+        uids.iter().all(|u| u == &uids[0]),
+        "one msg_uid per message"
+    );
+    assert_eq!(uids[0].as_ref().unwrap().len(), 32);
+}
+
+impl Outcome {
+    fn with_kind_of(self, d: &Decoder, kind: &str) -> Outcome {
+        match self {
+            Outcome::Filed { rows, .. } => Outcome::Filed {
+                kind: d
+                    .kinds()
+                    .iter()
+                    .position(|k| k.schema.kind == kind)
+                    .unwrap(),
+                rows,
+            },
+            other => other,
+        }
+    }
+}
+
+#[test]
+fn all_std_rsm_payloads_give_358_participants() {
+    let mut d = decoder();
+    let recv = us("2026-11-28T09:00:44Z");
+    let mut rows = 0;
+    for line in shared("openv2x-payloads/derived_rsm_std_payloads.ndjson").lines() {
+        match d.decode("V2X/RSU/R328328/RSM/UP", line.as_bytes(), recv) {
+            Outcome::Filed { rows: n, .. } => rows += n,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(rows, 358);
+}
+
+#[test]
+fn dawnline_rsm_vendor_floats() {
+    let mut d = decoder();
+    let file: serde_json::Value =
+        serde_json::from_str(&shared("openv2x-payloads/tavern_rsm_payload.json")).unwrap();
+    let topic = file["publish_topic"].as_str().unwrap();
+    let payload = serde_json::to_vec(&file["payload"]).unwrap();
+    let out = d.decode(topic, &payload, us("2026-11-28T09:00:00Z"));
+    assert!(matches!(out, Outcome::Filed { rows: 1, .. }), "{out:?}");
+    let b = table(&mut d, "rsm_participant");
+    assert_eq!(strs(&b, "profile")[0].as_deref(), Some("DAWNLINE"));
+    assert_eq!(f64s(&b, "speed_mps")[0], Some(7.8783015905704525));
+    assert_eq!(f64s(&b, "heading_deg")[0], Some(264.3102381554889));
+    assert_eq!(f64s(&b, "lat_deg")[0], Some(31.935221261941393));
+    assert_eq!(f64s(&b, "ref_lon_deg")[0], Some(118.8213963998263));
+    assert_eq!(strs(&b, "lane")[0].as_deref(), Some("eastin_4"));
+    // timeStamp 1653016783500 wins over secMark.
+    assert_eq!(ts(&b, "event_ts")[0], 1_653_016_783_500_000);
+}
+
+#[test]
+fn radar_frame_with_string_epoch_and_huge_rcs() {
+    let mut d = decoder();
+    let text = shared("openv2x-radar/track.json");
+    let frames: Vec<serde_json::Value> =
+        serde_json::from_str(text.trim_start_matches('\u{feff}')).unwrap();
+    let payload = serde_json::to_vec(&frames[0]).unwrap();
+    let out = d.decode(
+        "V2X/RADAR/N22W75HMBLD/TRACK/UP",
+        &payload,
+        us("2026-11-28T09:00:00Z"),
+    );
+    let n = frames[0]["targets"].as_array().unwrap().len();
+    assert!(
+        matches!(out, Outcome::Filed { rows, .. } if rows == n),
+        "{out:?}"
+    );
+    let b = table(&mut d, "radar_target");
+    assert_eq!(ts(&b, "event_ts")[0], us("2022-09-29T03:50:15Z"));
+    assert_eq!(i64s(&b, "target_id")[0], Some(7286));
+    assert_eq!(i64s(&b, "rcs")[0], Some(3214468640));
+    assert_eq!(f64s(&b, "speed_mps")[1], Some(-16.846336));
+    assert_eq!(f64s(&b, "heading_deg")[0], Some(173.09998));
+    assert_eq!(i32s(&b, "lane_no")[0], Some(2));
+    assert_eq!(i64s(&b, "frame_number")[0], Some(29));
+}
+
+#[test]
+fn rsi_dawnline_and_std_events_and_signs() {
+    let mut d = decoder();
+    let file: serde_json::Value =
+        serde_json::from_str(&shared("openv2x-payloads/tavern_rsi_payload.json")).unwrap();
+    let payload = serde_json::to_vec(&file["payload"]).unwrap();
+    let out = d.decode(
+        file["publish_topic"].as_str().unwrap(),
+        &payload,
+        us("2026-11-28T09:00:00Z"),
+    );
+    assert!(matches!(out, Outcome::Filed { rows: 1, .. }), "{out:?}");
+    let std = r#"{"msgCnt":3,"id":"R1","refPos":{"lat":319348466,"long":1188213963},
+        "rtes":[{"rteId":1,"eventType":401,"eventSource":"police","eventPos":{"lat":319353853,"lon":1188218217},"eventRadius":500,"description":"施工"},
+                {"rteId":2,"eventType":"707","eventSource":5}],
+        "rtss":{"rtsId":9,"signType":38,"signPos":{"lat":319353000,"lon":1188218000}}}"#;
+    let out = d.decode(
+        "V2X/RSU/R1/RSI/UP",
+        std.as_bytes(),
+        us("2026-11-28T09:00:00Z"),
+    );
+    assert!(matches!(out, Outcome::Filed { rows: 3, .. }), "{out:?}");
+    let b = table(&mut d, "rsi_event");
+    assert_eq!(b.num_rows(), 4);
+    let mut items: Vec<(String, Option<i32>, Option<String>)> = strs(&b, "item_type")
+        .into_iter()
+        .zip(i32s(&b, "type_code"))
+        .zip(strs(&b, "event_source"))
+        .map(|((t, c), s)| (t.unwrap(), c, s))
+        .collect();
+    items.sort();
+    assert_eq!(
+        items,
+        vec![
+            ("event".into(), Some(401), Some("police".into())),
+            ("event".into(), Some(707), Some("detection".into())),
+            ("event".into(), Some(707), Some("detection".into())),
+            ("sign".into(), Some(38), None),
+        ]
+    );
+    let radius: Vec<f64> = f64s(&b, "radius_m").into_iter().flatten().collect();
+    assert_eq!(radius, vec![50.0]);
+    assert!(strs(&b, "description").contains(&Some("施工".into())));
+}
+
+#[test]
+fn spat_one_row_per_phase_state_with_moy_time() {
+    let mut d = decoder();
+    // 2026-11-28 is day 331 of the year (0-based): moy = 331*1440 + 9*60 + 15.
+    let moy = 331 * 1440 + 9 * 60 + 15;
+    let payload = format!(
+        r#"{{"msgCnt":1,"intersections":[{{"intersectionId":{{"region":1,"id":12111}},"status":"0000000000000000","moy":{moy},"timeStamp":30500,
+        "phases":[{{"id":1,"phaseStates":[{{"light":3,"timing":{{"counting":{{"startTime":0,"likelyEndTime":123,"nextDuration":36001}}}}}},{{"light":"protected-green","timing":{{"startTime":123,"likelyEndTime":423}}}}]}},
+                  {{"id":2,"phaseStates":[{{"light":"7","timing":{{"startTime":0,"likelyEndTime":30}}}}]}}]}}]}}"#
+    );
+    let out = d.decode(
+        "V2X/RSU/R1/SPAT/UP",
+        payload.as_bytes(),
+        us("2026-11-28T09:15:31Z"),
+    );
+    assert!(matches!(out, Outcome::Filed { rows: 3, .. }), "{out:?}");
+    let b = table(&mut d, "spat_phase");
+    assert_eq!(i32s(&b, "intersection_id"), vec![Some(12111); 3]);
+    assert_eq!(i32s(&b, "phase_id"), vec![Some(1), Some(1), Some(2)]);
+    assert_eq!(
+        strs(&b, "light"),
+        vec![
+            Some("red".into()),
+            Some("protected_green".into()),
+            Some("yellow".into())
+        ]
+    );
+    assert_eq!(
+        f64s(&b, "likely_end_time_s"),
+        vec![Some(12.3), Some(42.3), Some(3.0)]
+    );
+    assert_eq!(f64s(&b, "next_duration_s")[0], None, "36001 is unavailable");
+    assert_eq!(ts(&b, "event_ts")[0], us("2026-11-28T09:15:30.500Z"));
+}
+
+#[test]
+fn bsm_integer_units() {
+    let mut d = decoder();
+    let payload = br#"{"msgCnt":"12","id":"A1B2C3D4E5F60708","secMark":59900,
+        "pos":{"lat":399000000,"long":1165000000,"elev":-4096},"transmission":"forwardGears",
+        "speed":500,"heading":7200,"angle":127,"accelSet":{"long":150,"lat":2001,"vert":-127,"yaw":250},
+        "size":{"width":180,"length":460,"height":30},"vehicleClass":{"classification":10},"unknownExtra":{"a":[1,2]}}"#;
+    // Received just after the minute rolled over: the event belongs to the previous minute.
+    let out = d.decode(
+        "v2x/v1/obu/car-7/bsm/up",
+        payload,
+        us("2026-11-28T10:00:00.100Z"),
+    );
+    assert!(matches!(out, Outcome::Filed { rows: 1, .. }), "{out:?}");
+    let b = table(&mut d, "bsm");
+    assert_eq!(ts(&b, "event_ts")[0], us("2026-11-28T09:59:59.900Z"));
+    assert_eq!(i32s(&b, "msg_cnt")[0], Some(12));
+    assert_eq!(f64s(&b, "speed_mps")[0], Some(10.0));
+    assert_eq!(f64s(&b, "heading_deg")[0], Some(90.0));
+    assert_eq!(f64s(&b, "lat_deg")[0], Some(39.9));
+    assert_eq!(f64s(&b, "elevation_m")[0], None);
+    assert_eq!(f64s(&b, "steering_angle_deg")[0], None);
+    assert_eq!(f64s(&b, "accel_long_mps2")[0], Some(1.5));
+    assert_eq!(f64s(&b, "accel_lat_mps2")[0], None);
+    assert_eq!(f64s(&b, "accel_vert_mps2")[0], None);
+    assert_eq!(f64s(&b, "yaw_rate_dps")[0], Some(2.5));
+    assert_eq!(f64s(&b, "height_m")[0], Some(1.5));
+    assert_eq!(
+        strs(&b, "transmission")[0].as_deref(),
+        Some("forward_gears")
+    );
+    assert_eq!(
+        strs(&b, "vehicle_id")[0].as_deref(),
+        Some("A1B2C3D4E5F60708")
+    );
+}
+
+#[test]
+fn vehicle_state_and_objects() {
+    let mut d = decoder();
+    let state =
+        br#"{"timestamp":1764322800123,"pos":{"lat":39.78,"lon":116.5,"alt":31.2},"heading":92.5,
+        "speed":11.2,"yaw_rate":1.5,"steering":{"angle":-3.0},"gear":"D","driving_mode":1,
+        "wheel_speed":{"fl":11.2},"gnss":{"solution":"rtk_fixed","sats":23}}"#;
+    let out = d.decode("V2X/VEH/ego-1/STATE/UP", state, us("2025-11-28T09:40:00Z"));
+    assert!(matches!(out, Outcome::Filed { rows: 1, .. }), "{out:?}");
+    let objects = br#"{"timestamp":"1764322800200","sensor":"lidar","frame_id":"map","objects":[
+        {"id":7,"type":"vehicle","sub_type":"car","position":{"x":451203.1,"y":4412003.7,"z":31.0},"theta":1.57,
+         "velocity":{"x":0.1,"y":8.3},"size":{"length":4.6,"width":1.9,"height":1.5},"confidence":0.93},
+        {"id":8,"type":3,"position":{"x":1,"y":2},"theta":-3.1,"timestamp":1764322800150}]}"#;
+    let out = d.decode(
+        "V2X/VEH/ego-1/OBJECTS/UP",
+        objects,
+        us("2025-11-28T09:40:00Z"),
+    );
+    assert!(matches!(out, Outcome::Filed { rows: 2, .. }), "{out:?}");
+    let s = table(&mut d, "vehicle_state");
+    assert_eq!(ts(&s, "event_ts")[0], 1_764_322_800_123_000);
+    assert_eq!(strs(&s, "gear")[0].as_deref(), Some("drive"));
+    assert_eq!(
+        strs(&s, "driving_mode")[0].as_deref(),
+        Some("complete_auto_drive")
+    );
+    assert_eq!(i32s(&s, "gnss_sats")[0], Some(23));
+    let mut d2 = decoder();
+    d2.decode(
+        "V2X/VEH/ego-1/OBJECTS/UP",
+        objects,
+        us("2025-11-28T09:40:00Z"),
+    );
+    let o = table(&mut d2, "vehicle_object");
+    assert_eq!(f64s(&o, "theta_rad"), vec![Some(1.57), Some(-3.1)]);
+    assert_eq!(
+        strs(&o, "object_type"),
+        vec![Some("vehicle".into()), Some("pedestrian".into())]
+    );
+    assert_eq!(
+        ts(&o, "event_ts"),
+        vec![1_764_322_800_200_000, 1_764_322_800_150_000]
+    );
+    assert_eq!(strs(&o, "sensor")[1].as_deref(), Some("lidar"));
+}
+
+#[test]
+fn heartbeat_takes_its_source_from_the_payload() {
+    let mut d = decoder();
+    let out = d.decode(
+        "V2X/RSU/HB/UP",
+        br#"{"rsuEsn":"R328328","protocolVersion":"v1","cpu":"12.5"}"#,
+        us("2026-11-28T09:00:00Z"),
+    );
+    assert!(matches!(out, Outcome::Filed { rows: 1, .. }), "{out:?}");
+    let b = table(&mut d, "device_status");
+    assert_eq!(strs(&b, "source_id")[0].as_deref(), Some("R328328"));
+    assert_eq!(f64s(&b, "cpu_pct")[0], Some(12.5));
+    assert_eq!(ts(&b, "event_ts")[0], us("2026-11-28T09:00:00Z"));
+}
+
+#[test]
+fn real_world_mess_is_tolerated() {
+    let mut d = decoder();
+    let recv = us("2026-11-28T09:00:44Z");
+    let rsm = |body: &str| {
+        format!(
+            r#"{{"content":{{"rsms":[{{"refPos":{{"lat":1,"lon":2}},"participants":{body}}}]}}}}"#
+        )
+    };
+    // BOM, numbers as strings, a single object where a list belongs, duplicate keys (last wins).
+    let mut payload = b"\xEF\xBB\xBF".to_vec();
+    payload.extend(
+        rsm(r#"{"ptcId":"9","ptcType":"3","secMark":"43900","speed":"100","speed":200,"heading":0,"extra":[1,{"x":2}]}"#)
+            .as_bytes(),
+    );
+    let out = d.decode("V2X/RSU/R1/RSM/UP", &payload, recv);
+    assert!(matches!(out, Outcome::Filed { rows: 1, .. }), "{out:?}");
+    // A top-level list holding the one object, a huge integer, an empty list, and bytes that are not UTF-8.
+    let wrapped = format!(
+        "[{}]",
+        rsm(
+            r#"[{"ptcId":1,"secMark":1,"vehicleClass":{"classification":1},"global_track_id":123456789012345678901234567890}]"#
+        )
+    );
+    assert!(matches!(
+        d.decode("V2X/RSU/R1/RSM/UP", wrapped.as_bytes(), recv),
+        Outcome::Filed { rows: 1, .. }
+    ));
+    assert!(matches!(
+        d.decode("V2X/RSU/R1/RSM/UP", rsm("[]").as_bytes(), recv),
+        Outcome::Filed { rows: 0, .. }
+    ));
+    let mut gb = rsm(r#"[{"ptcId":2,"secMark":1,"lane":"LANE"}]"#).into_bytes();
+    let at = gb.windows(4).position(|w| w == b"LANE").unwrap();
+    gb[at] = 0xB6; // a GB2312 lead byte
+    assert!(matches!(
+        d.decode("V2X/RSU/R1/RSM/UP", &gb, recv),
+        Outcome::Filed { rows: 1, .. }
+    ));
+    let b = table(&mut d, "rsm_participant");
+    assert_eq!(b.num_rows(), 3);
+    assert_eq!(f64s(&b, "speed_mps")[0], Some(4.0));
+    assert_eq!(strs(&b, "ptc_type")[0].as_deref(), Some("pedestrian"));
+    assert_eq!(i64s(&b, "ptc_id")[0], Some(9));
+}
+
+#[test]
+fn malformed_payloads_are_quarantined_with_their_reason() {
+    let mut d = decoder();
+    let recv = us("2026-11-28T09:00:00Z");
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        ("V2X/RSU/R1/RSM/UP", b"{not json".to_vec(), "invalid_json"),
+        (
+            "V2X/RSU/R1/RSM/UP",
+            br#"{"content":{"rsms":[{"participants":[{"secMark":1}"#.to_vec(),
+            "invalid_json",
+        ),
+        (
+            "V2X/RSU/R1/RSM/UP",
+            br#"{"content":{"rsms":[{"participants":[{"secMark":1,"speed":"fast"}]}]}}"#.to_vec(),
+            "type_mismatch",
+        ),
+        (
+            "V2X/RSU/R1/RSM/UP",
+            br#"{"content":{"rsms":[{"participants":7}]}}"#.to_vec(),
+            "type_mismatch",
+        ),
+        (
+            "V2X/RSU/R1/RSM/UP",
+            br#"{"content":{"rsms":[{"participants":[{"speed":1}]}]}}"#.to_vec(),
+            "missing_event_time",
+        ),
+        (
+            "V2X/RADAR/R1/TRACK/UP",
+            br#"{"timeStamp":"1664423415000","targets":[{"speed":1}]}"#.to_vec(),
+            "missing_field",
+        ),
+        (
+            "V2X/RADAR/R1/TRACK/UP",
+            br#"{"timeStamp":"946684800000","targets":[{"targetId":1}]}"#.to_vec(),
+            "implausible_time",
+        ),
+        (
+            "V2X/RADAR/R1/TRACK/UP",
+            br#"{"timeStamp":"1890000000000","targets":[{"targetId":1}]}"#.to_vec(),
+            "implausible_time",
+        ),
+        ("V2X/RSU/R1/MAP/UP", b"{}".to_vec(), "unknown_topic"),
+        ("V2X/RSU/../RSM/UP", b"{}".to_vec(), "invalid_source_id"),
+        ("V2X/RSU/R1/RSM/UP/ACME", b"{}".to_vec(), "unknown_profile"),
+        (
+            "V2X/RSU/HB/UP",
+            br#"{"cpu":1}"#.to_vec(),
+            "missing_source_id",
+        ),
+        (
+            "V2X/RSU/HB/UP",
+            br#"{"rsuEsn":"../../etc"}"#.to_vec(),
+            "invalid_source_id",
+        ),
+        ("V2X/RSU/R1/RSM/UP", vec![b' '; 70 * 1024], "too_large"),
+        ("V2X/RSU/R1/RSM/UP", b"".to_vec(), "invalid_json"),
+    ];
+    for (topic, payload, want) in &cases {
+        let out = d.decode(topic, payload, recv);
+        assert!(
+            matches!(out, Outcome::Quarantined(r) if r.as_str() == *want),
+            "{topic} {:?}: {out:?}, want {want}",
+            String::from_utf8_lossy(&payload[..payload.len().min(80)])
+        );
+    }
+    let q = table(&mut d, crate::quarantine::TABLE);
+    assert_eq!(q.num_rows(), cases.len());
+    let got: Vec<String> = strs(&q, "reason").into_iter().flatten().collect();
+    let want: Vec<String> = cases.iter().map(|c| c.2.to_string()).collect();
+    assert_eq!(got, want);
+    // The oversized payload is kept, truncated to the configured size, with its real length.
+    let big = cases.iter().position(|c| c.2 == "too_large").unwrap();
+    let sizes = i64s(&q, "payload_bytes");
+    assert_eq!(sizes[big], Some(70 * 1024));
+    let kept = q
+        .column_by_name("payload")
+        .unwrap()
+        .as_binary::<i32>()
+        .value(big)
+        .len();
+    assert_eq!(kept, 1024);
+}
+
+#[test]
+fn a_bad_row_quarantines_the_whole_message() {
+    let mut d = decoder();
+    let payload = br#"{"timeStamp":"1664423415000","targets":[{"targetId":1},{"targetId":"x"}]}"#;
+    let out = d.decode("V2X/RADAR/R1/TRACK/UP", payload, us("2026-11-28T09:00:00Z"));
+    assert_eq!(out, Outcome::Quarantined(Reason::TypeMismatch));
+    assert_eq!(reasons(&mut d), vec!["type_mismatch".to_string()]);
+}
+
+#[test]
+fn rows_split_by_event_hour() {
+    let mut d = decoder();
+    let payload = br#"{"timeStamp":"1664423415000","targets":[{"targetId":1}]}"#;
+    let later = br#"{"timeStamp":"1664427015000","targets":[{"targetId":1}]}"#;
+    d.decode("V2X/RADAR/R1/TRACK/UP", payload, us("2026-11-28T09:00:00Z"));
+    d.decode("V2X/RADAR/R1/TRACK/UP", later, us("2026-11-28T09:00:00Z"));
+    let mut hours: Vec<i64> = d.take_batches().iter().map(|b| b.hour_us).collect();
+    hours.sort();
+    assert_eq!(
+        hours,
+        vec![us("2022-09-29T03:00:00Z"), us("2022-09-29T04:00:00Z")]
+    );
+}

@@ -1,0 +1,12 @@
+//! v2x-collector: MQTT in, declared schemas, event-time partitioned Parquet out.
+//!
+//! The modules follow the pipeline: [`source`] (MQTT client, embedded broker) ->
+//! [`route`] (topic templates) -> [`decode`] (declared [`schema`]s) -> [`sink`] (partitions,
+//! Parquet). [`quarantine`] keeps what cannot be filed; [`pipeline`] wires the stages for
+//! `run`; [`config`] is the one configuration tree.
+
+pub mod config;
+pub mod decode;
+pub mod quarantine;
+pub mod route;
+pub mod schema;

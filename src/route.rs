@@ -1,0 +1,383 @@
+//! Topic templates: a topic becomes (kind, source id, payload profile).
+//!
+//! A template is a topic with named segments, such as `V2X/RSU/{source_id}/RSM/UP/{profile?}`.
+//! `{source_id}` captures the source, `{profile}` the payload profile (a trailing `?` makes the
+//! segment optional), `{kind}` the kind, and any other `{name}` matches one segment and is
+//! ignored. Captured segments are never used as paths until they pass [`is_safe_identifier`].
+
+use serde::{Deserialize, Serialize};
+
+/// One routing rule as written in config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTemplate {
+    /// The topic template.
+    pub template: String,
+    /// Kind of the messages; required unless the template captures `{kind}`.
+    #[serde(default)]
+    pub kind: Option<String>,
+    /// Payload profile when the template does not capture one (or the optional segment is
+    /// absent). Default `std`.
+    #[serde(default)]
+    pub profile: Option<String>,
+}
+
+/// What a topic resolved to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route<'t> {
+    pub kind: &'t str,
+    /// `None` when the template has no `{source_id}`; the profile may then take it from the
+    /// payload.
+    pub source_id: Option<&'t str>,
+    pub profile: &'t str,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RouteError {
+    #[error("topic matches no route template")]
+    NoMatch,
+    #[error("source id segment is not a safe identifier")]
+    UnsafeSourceId,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid route template {template:?}: {reason}")]
+pub struct TemplateError {
+    template: String,
+    reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    SourceId,
+    Profile,
+    Kind,
+    Any,
+}
+
+#[derive(Debug, Clone)]
+struct Compiled {
+    segments: Vec<Segment>,
+    /// The last segment may be absent.
+    last_optional: bool,
+    kind: Option<String>,
+    profile: String,
+}
+
+/// All templates, compiled once; matching does no allocation.
+#[derive(Debug, Clone)]
+pub struct Router {
+    separator: String,
+    routes: Vec<Compiled>,
+}
+
+/// Built-in templates: OpenV2X upper case, the `v2x/v1` lower case convention, radar, vehicles.
+pub fn builtin_routes() -> Vec<RouteTemplate> {
+    let r = |template: &str, kind: &str| RouteTemplate {
+        template: template.into(),
+        kind: Some(kind.into()),
+        profile: None,
+    };
+    vec![
+        // OpenV2X: V2X/RSU/{esn}/{RSM|RSI|SPAT}/UP[/VENDOR]
+        r("V2X/RSU/{source_id}/RSM/UP/{profile?}", "rsm_participant"),
+        r("V2X/RSU/{source_id}/SPAT/UP/{profile?}", "spat_phase"),
+        r("V2X/RSU/{source_id}/RSI/UP/{profile?}", "rsi_event"),
+        r("V2X/RSU/{source_id}/BSM/UP/{profile?}", "bsm"),
+        // OpenV2X device status: the source comes from the payload.
+        r("V2X/RSU/HB/UP", "device_status"),
+        r("V2X/RSU/INFO/UP", "device_status"),
+        r("V2X/RSU/BaseINFO/UP", "device_status"),
+        r("V2X/RSU/RunningInfo/UP", "device_status"),
+        r("V2X/RSU/{source_id}/HB/UP/{profile?}", "device_status"),
+        // Radar track frames.
+        r("V2X/RADAR/{source_id}/TRACK/UP/{profile?}", "radar_target"),
+        // Vehicles.
+        r("V2X/OBU/{source_id}/BSM/UP/{profile?}", "bsm"),
+        r("V2X/VEH/{source_id}/STATE/UP/{profile?}", "vehicle_state"),
+        r(
+            "V2X/VEH/{source_id}/OBJECTS/UP/{profile?}",
+            "vehicle_object",
+        ),
+        // Lower case commercial cloud convention.
+        r(
+            "v2x/v1/rsu/{source_id}/rsm/up/{profile?}",
+            "rsm_participant",
+        ),
+        r("v2x/v1/rsu/{source_id}/spat/up/{profile?}", "spat_phase"),
+        r("v2x/v1/rsu/{source_id}/rsi/up/{profile?}", "rsi_event"),
+        r("v2x/v1/rsu/{source_id}/bsm/up/{profile?}", "bsm"),
+        r("v2x/v1/rsu/{source_id}/hb/up/{profile?}", "device_status"),
+        r("v2x/v1/obu/{source_id}/bsm/up/{profile?}", "bsm"),
+        r(
+            "v2x/v1/radar/{source_id}/track/up/{profile?}",
+            "radar_target",
+        ),
+        r(
+            "v2x/v1/veh/{source_id}/state/up/{profile?}",
+            "vehicle_state",
+        ),
+        r(
+            "v2x/v1/veh/{source_id}/objects/up/{profile?}",
+            "vehicle_object",
+        ),
+    ]
+}
+
+impl Router {
+    pub fn new(separator: &str, templates: &[RouteTemplate]) -> Result<Router, TemplateError> {
+        let routes = templates
+            .iter()
+            .map(|t| compile(separator, t))
+            .collect::<Result<_, _>>()?;
+        Ok(Router {
+            separator: separator.to_string(),
+            routes,
+        })
+    }
+
+    /// Resolves a topic. The first matching template wins.
+    pub fn route<'t>(&'t self, topic: &'t str) -> Result<Route<'t>, RouteError> {
+        'templates: for c in &self.routes {
+            let mut parts = topic.split(self.separator.as_str());
+            let mut route = Route {
+                kind: c.kind.as_deref().unwrap_or(""),
+                source_id: None,
+                profile: &c.profile,
+            };
+            for (i, seg) in c.segments.iter().enumerate() {
+                let part = match parts.next() {
+                    Some(p) => p,
+                    None if c.last_optional && i + 1 == c.segments.len() => break,
+                    None => continue 'templates,
+                };
+                match seg {
+                    Segment::Literal(lit) if lit == part => {}
+                    Segment::Literal(_) => continue 'templates,
+                    Segment::SourceId => route.source_id = Some(part),
+                    Segment::Profile => route.profile = part,
+                    Segment::Kind => route.kind = part,
+                    Segment::Any => {}
+                }
+            }
+            if parts.next().is_some() {
+                continue;
+            }
+            if let Some(id) = route.source_id
+                && !is_safe_identifier(id)
+            {
+                return Err(RouteError::UnsafeSourceId);
+            }
+            return Ok(route);
+        }
+        Err(RouteError::NoMatch)
+    }
+
+    /// MQTT subscription filters covering every template. With a separator other than `/` the
+    /// whole topic is one MQTT level, so only `#` covers it.
+    pub fn subscription_filters(&self) -> Vec<String> {
+        if self.separator != "/" {
+            return vec!["#".into()];
+        }
+        let mut filters: Vec<String> = vec!["V2X/#".into(), "v2x/#".into()];
+        for c in &self.routes {
+            let mut f = Vec::new();
+            for (i, seg) in c.segments.iter().enumerate() {
+                if c.last_optional && i + 1 == c.segments.len() {
+                    f.push("#".to_string());
+                    break;
+                }
+                f.push(match seg {
+                    Segment::Literal(l) => l.clone(),
+                    _ => "+".into(),
+                });
+            }
+            let filter = f.join("/");
+            let covered = filters
+                .iter()
+                .any(|existing| filter_covers(existing, &filter));
+            if !covered {
+                filters.push(filter);
+            }
+        }
+        filters
+    }
+}
+
+/// Whether MQTT filter `a` matches every topic that `b` matches (only the cases we produce).
+fn filter_covers(a: &str, b: &str) -> bool {
+    if a == b {
+        return true;
+    }
+    if let Some(prefix) = a.strip_suffix("#") {
+        return b.starts_with(prefix) && !prefix[..prefix.len().saturating_sub(1)].contains('+');
+    }
+    false
+}
+
+fn compile(separator: &str, t: &RouteTemplate) -> Result<Compiled, TemplateError> {
+    let err = |reason: &str| TemplateError {
+        template: t.template.clone(),
+        reason: reason.into(),
+    };
+    let mut segments = Vec::new();
+    let mut last_optional = false;
+    let raw: Vec<&str> = t.template.split(separator).collect();
+    for (i, part) in raw.iter().enumerate() {
+        let seg = if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+            let (name, optional) = match name.strip_suffix('?') {
+                Some(n) => (n, true),
+                None => (name, false),
+            };
+            if optional {
+                if i + 1 != raw.len() {
+                    return Err(err("only the last segment may be optional"));
+                }
+                last_optional = true;
+            }
+            match name {
+                "source_id" => Segment::SourceId,
+                "profile" => Segment::Profile,
+                "kind" => Segment::Kind,
+                "" => return Err(err("empty segment name")),
+                _ => Segment::Any,
+            }
+        } else {
+            if part.contains(['{', '}', '+', '#']) {
+                return Err(err("literal segments may not contain { } + #"));
+            }
+            Segment::Literal(part.to_string())
+        };
+        segments.push(seg);
+    }
+    let captures_kind = segments.contains(&Segment::Kind);
+    if t.kind.is_none() && !captures_kind {
+        return Err(err("needs `kind = ...` or a {kind} segment"));
+    }
+    Ok(Compiled {
+        segments,
+        last_optional,
+        kind: t.kind.clone(),
+        profile: t.profile.clone().unwrap_or_else(|| "std".into()),
+    })
+}
+
+/// A source id, profile or collector id that may safely appear in logs and paths:
+/// 1 to 64 bytes of `A-Z a-z 0-9 _ . -`, starting with a letter or digit (so never `.`/`..`).
+pub fn is_safe_identifier(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && b[0].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn builtin() -> Router {
+        Router::new("/", &builtin_routes()).unwrap()
+    }
+
+    #[test]
+    fn openv2x_std_and_vendor_profiles() {
+        let r = builtin();
+        let std = r.route("V2X/RSU/R328328/RSM/UP").unwrap();
+        assert_eq!(std.kind, "rsm_participant");
+        assert_eq!(std.source_id, Some("R328328"));
+        assert_eq!(std.profile, "std");
+        let vendor = r.route("V2X/RSU/R328328/RSM/UP/DAWNLINE").unwrap();
+        assert_eq!(vendor.profile, "DAWNLINE");
+    }
+
+    #[test]
+    fn lower_case_and_radar() {
+        let r = builtin();
+        let bsm = r.route("v2x/v1/rsu/esn01/bsm/up").unwrap();
+        assert_eq!((bsm.kind, bsm.source_id), ("bsm", Some("esn01")));
+        let radar = r.route("V2X/RADAR/N22W75HMBLD/TRACK/UP").unwrap();
+        assert_eq!(radar.kind, "radar_target");
+        let hb = r.route("V2X/RSU/HB/UP").unwrap();
+        assert_eq!(
+            (hb.kind, hb.source_id, hb.profile),
+            ("device_status", None, "std")
+        );
+    }
+
+    #[test]
+    fn unknown_topics_do_not_match() {
+        let r = builtin();
+        assert_eq!(r.route("V2X/RSU/x/MAP/UP"), Err(RouteError::NoMatch));
+        assert_eq!(r.route("V2X/RSU/x/RSM/UP/a/b"), Err(RouteError::NoMatch));
+        assert_eq!(r.route("other"), Err(RouteError::NoMatch));
+    }
+
+    #[test]
+    fn hostile_source_ids_are_refused() {
+        let r = builtin();
+        for id in [
+            "..",
+            ".hidden",
+            "a\u{0}b",
+            "a b",
+            "é",
+            &"x".repeat(65),
+            "-x",
+        ] {
+            let topic = format!("V2X/RSU/{id}/RSM/UP");
+            assert_eq!(r.route(&topic), Err(RouteError::UnsafeSourceId), "{id:?}");
+        }
+    }
+
+    #[test]
+    fn dot_separator_and_kind_capture() {
+        let t = RouteTemplate {
+            template: "v2x.{kind}.{source_id}".into(),
+            kind: None,
+            profile: Some("float".into()),
+        };
+        let r = Router::new(".", &[t]).unwrap();
+        let got = r.route("v2x.bsm.car-7").unwrap();
+        assert_eq!(
+            (got.kind, got.source_id, got.profile),
+            ("bsm", Some("car-7"), "float")
+        );
+        assert_eq!(r.subscription_filters(), vec!["#".to_string()]);
+    }
+
+    #[test]
+    fn filters_cover_templates() {
+        let filters = builtin().subscription_filters();
+        assert_eq!(filters, vec!["V2X/#".to_string(), "v2x/#".to_string()]);
+        let t = RouteTemplate {
+            template: "fleet/{source_id}/bsm".into(),
+            kind: Some("bsm".into()),
+            profile: None,
+        };
+        let r = Router::new("/", &[t]).unwrap();
+        assert!(
+            r.subscription_filters()
+                .contains(&"fleet/+/bsm".to_string())
+        );
+    }
+
+    #[test]
+    fn bad_templates_are_rejected() {
+        let bad = |t: &str| RouteTemplate {
+            template: t.into(),
+            kind: Some("bsm".into()),
+            profile: None,
+        };
+        assert!(Router::new("/", &[bad("a/{x?}/b")]).is_err());
+        assert!(Router::new("/", &[bad("a/+/b")]).is_err());
+        let no_kind = RouteTemplate {
+            template: "a/{source_id}".into(),
+            kind: None,
+            profile: None,
+        };
+        assert!(Router::new("/", &[no_kind]).is_err());
+    }
+}
