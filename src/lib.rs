@@ -7,6 +7,9 @@
 
 pub mod config;
 pub mod decode;
+pub mod pipeline;
 pub mod quarantine;
 pub mod route;
 pub mod schema;
+pub mod sink;
+pub mod source;

@@ -1,1 +1,377 @@
-fn main() {}
+//! The `v2x-collector` binary: command line, logging, signals, exit codes.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 bad usage or configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use v2x_collector::config::{Config, Protocol};
+use v2x_collector::decode::Outcome;
+use v2x_collector::pipeline;
+
+#[derive(Parser)]
+#[command(
+    name = "v2x-collector",
+    version,
+    about = "MQTT to event-time partitioned Parquet for V2X telemetry"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "human",
+        env = "V2X_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Subscribe, decode and write Parquet until SIGINT or SIGTERM.
+    Run(RunArgs),
+    /// List, show and check the declared schemas.
+    Schema {
+        #[command(subcommand)]
+        command: SchemaCommand,
+    },
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "V2X_CONFIG")]
+    config: Option<PathBuf>,
+    /// Dataset directory.
+    #[arg(long, env = "V2X_DATA")]
+    data: Option<PathBuf>,
+    /// Write-ahead log directory.
+    #[arg(long, env = "V2X_WAL")]
+    wal: Option<PathBuf>,
+    /// External broker, mqtt://host:port. Without it the embedded broker starts.
+    #[arg(long, env = "V2X_BROKER")]
+    broker: Option<String>,
+    /// Listen address of the embedded broker.
+    #[arg(long, env = "V2X_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// HTTP address for dashboard and metrics.
+    #[arg(long, env = "V2X_HTTP")]
+    http: Option<SocketAddr>,
+    /// MQTT client id (keep it fixed: the persistent session is bound to it).
+    #[arg(long, env = "V2X_CLIENT_ID")]
+    client_id: Option<String>,
+    /// Collector id used in file names.
+    #[arg(long, env = "V2X_COLLECTOR_ID")]
+    collector_id: Option<String>,
+    /// MQTT protocol towards an external broker.
+    #[arg(long, env = "V2X_MQTT_PROTOCOL", value_parser = ["5", "3.1.1"])]
+    protocol: Option<String>,
+    /// Directory of schema files replacing the built-in ones.
+    #[arg(long, env = "V2X_SCHEMA_DIR")]
+    schema_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum SchemaCommand {
+    /// The kinds and their payload profiles.
+    List {
+        #[arg(long, env = "V2X_SCHEMA_DIR")]
+        schema_dir: Option<PathBuf>,
+    },
+    /// A kind's columns, units and profiles, as JSON (the `_schema.json` beside the data).
+    Show {
+        kind: String,
+        #[arg(long, env = "V2X_SCHEMA_DIR")]
+        schema_dir: Option<PathBuf>,
+    },
+    /// Decode a payload file as a kind and print the rows, or the quarantine reason.
+    Check {
+        #[arg(long)]
+        kind: String,
+        /// Payload profile (default: the kind's default).
+        #[arg(long)]
+        profile: Option<String>,
+        /// The file holds one payload per line.
+        #[arg(long, conflicts_with = "array")]
+        ndjson: bool,
+        /// The file is a JSON array whose elements are payloads.
+        #[arg(long)]
+        array: bool,
+        /// Rows to print.
+        #[arg(long, default_value_t = 10)]
+        show: usize,
+        #[arg(long, env = "V2X_SCHEMA_DIR")]
+        schema_dir: Option<PathBuf>,
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Run(args) => run(args),
+        Command::Schema { command } => match schema(command) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(2)
+            }
+        },
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttd=off"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn load_run_config(args: RunArgs) -> anyhow::Result<Config> {
+    let mut c = Config::load(args.config.as_deref())?;
+    if let Some(v) = args.data {
+        c.data_dir = v;
+    }
+    if let Some(v) = args.wal {
+        c.wal_dir = v;
+    }
+    if let Some(v) = args.broker {
+        c.mqtt.broker = Some(v);
+    }
+    if let Some(v) = args.listen {
+        c.embedded.listen = v;
+    }
+    if let Some(v) = args.http {
+        c.http = v;
+    }
+    if let Some(v) = args.client_id {
+        c.mqtt.client_id = Some(v);
+    }
+    if let Some(v) = args.collector_id {
+        c.collector_id = v;
+    }
+    if let Some(v) = args.protocol {
+        c.mqtt.protocol = if v == "5" {
+            Protocol::V5
+        } else {
+            Protocol::V311
+        };
+    }
+    if let Some(v) = args.schema_dir {
+        c.schema_dir = Some(v);
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let config = match load_run_config(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = runtime.block_on(pipeline::run(config, shutdown_signal()));
+    match result {
+        Ok(summary) => {
+            tracing::info!(
+                received = summary.received,
+                acked = summary.acked,
+                rows = summary.rows,
+                quarantined = summary.quarantined,
+                files = summary.sink.files_committed,
+                "stopped cleanly"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "collector failed");
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code() as u8)
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+fn schema(cmd: SchemaCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        SchemaCommand::List { schema_dir } => {
+            let all = v2x_collector::schema::load_all(schema_dir.as_deref())?;
+            println!(
+                "{:<18} {:>7}  {:<40} description",
+                "kind", "columns", "profiles"
+            );
+            for s in all {
+                let profiles: Vec<_> = s
+                    .profiles
+                    .iter()
+                    .filter(|(name, _)| !s.profiles.values().any(|p| p.parts.contains(name)))
+                    .map(|(name, _)| name.as_str())
+                    .collect();
+                println!(
+                    "{:<18} {:>7}  {:<40} {}",
+                    s.kind,
+                    s.columns.len() + v2x_collector::schema::COMMON_COLUMNS.len(),
+                    profiles.join(", "),
+                    s.description
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SchemaCommand::Show { kind, schema_dir } => {
+            let all = v2x_collector::schema::load_all(schema_dir.as_deref())?;
+            let Some(s) = all.into_iter().find(|s| s.kind == kind) else {
+                bail!("no kind {kind:?}; `v2x-collector schema list` shows the kinds");
+            };
+            println!("{}", s.to_json());
+            Ok(ExitCode::SUCCESS)
+        }
+        SchemaCommand::Check {
+            kind,
+            profile,
+            ndjson,
+            array,
+            show,
+            schema_dir,
+            file,
+        } => check(kind, profile, ndjson, array, show, schema_dir, file),
+    }
+}
+
+fn check(
+    kind: String,
+    profile: Option<String>,
+    ndjson: bool,
+    array: bool,
+    show: usize,
+    schema_dir: Option<PathBuf>,
+    file: PathBuf,
+) -> anyhow::Result<ExitCode> {
+    let config = Config {
+        schema_dir,
+        ..Config::default()
+    };
+    let mut decoder = pipeline::build_decoder(&config)?;
+    let Some(k) = decoder.kinds().iter().position(|d| d.schema.kind == kind) else {
+        bail!("no kind {kind:?}; `v2x-collector schema list` shows the kinds");
+    };
+    let profile = profile.unwrap_or_else(|| decoder.kinds()[k].schema.default_profile.clone());
+    let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+    let payloads: Vec<Vec<u8>> = if ndjson {
+        bytes
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.iter().all(u8::is_ascii_whitespace))
+            .map(<[u8]>::to_vec)
+            .collect()
+    } else if array {
+        let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(&bytes);
+        let items: Vec<Box<serde_json::value::RawValue>> = serde_json::from_slice(body)
+            .with_context(|| format!("{} is not a JSON array", file.display()))?;
+        items
+            .into_iter()
+            .map(|r| r.get().as_bytes().to_vec())
+            .collect()
+    } else {
+        vec![bytes]
+    };
+    let now = v2x_collector::source::now_us();
+    let (mut filed, mut rows, mut bad) = (0usize, 0usize, 0usize);
+    for (i, p) in payloads.iter().enumerate() {
+        match decoder.decode_as(k, &profile, Some("check"), "check", p, now) {
+            Outcome::Filed { rows: n, .. } => {
+                filed += 1;
+                rows += n;
+            }
+            Outcome::Quarantined(reason) => {
+                bad += 1;
+                println!("payload {}: quarantined ({reason})", i + 1);
+            }
+        }
+    }
+    let batches = decoder.take_batches();
+    for b in &batches {
+        if &*b.table == v2x_collector::quarantine::TABLE {
+            let errors = b.batch.column_by_name("error").map(|c| c.clone());
+            if let Some(errors) = errors {
+                let errors = arrow::array::AsArray::as_string::<i32>(&errors);
+                for e in errors.iter().flatten() {
+                    println!("  {e}");
+                }
+            }
+        }
+    }
+    let shown: Vec<_> = batches
+        .iter()
+        .filter(|b| &*b.table != v2x_collector::quarantine::TABLE)
+        .map(|b| b.batch.slice(0, b.batch.num_rows().min(show)))
+        .collect();
+    if show > 0 && !shown.is_empty() {
+        println!(
+            "{}",
+            arrow::util::pretty::pretty_format_batches(&shown[..1])?
+        );
+    }
+    println!(
+        "{kind}/{profile}: {} payloads, {filed} filed as {rows} rows, {bad} quarantined",
+        payloads.len()
+    );
+    Ok(if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}

@@ -380,6 +380,10 @@ impl Decoder {
         })
     }
 
+    pub fn router(&self) -> &Router {
+        &self.router
+    }
+
     pub fn kinds(&self) -> &[KindDecoder] {
         &self.kinds
     }
