@@ -316,7 +316,11 @@ fn decode_loop(
         }
         let due = oldest.is_some_and(|t| t.elapsed() >= max_delay);
         let stopping = disconnected || (draining.load(Ordering::SeqCst) && channel_empty);
-        if !tokens.is_empty() && (tokens.len() >= batch_messages || due || stopping) {
+        // Flushing whenever the channel runs dry keeps acks prompt under light load (the
+        // broker's in-flight window may be as small as 20); under load batches fill up.
+        if !tokens.is_empty()
+            && (tokens.len() >= batch_messages || due || stopping || channel_empty)
+        {
             for b in decoder.take_batches() {
                 if writer.send(WriterMsg::Batch(b)).is_err() {
                     tracing::error!("writer stopped; messages left unacknowledged");

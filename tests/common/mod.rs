@@ -1,0 +1,390 @@
+//! Shared test helpers: a real mosquitto on a free loopback port, the collector binary run as
+//! a user would run it, publishing with `mosquitto_pub`, and reading the Parquet back.
+//!
+//! Every wait here is bounded in time; nothing asserts a timing.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use arrow::record_batch::RecordBatch;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+pub fn shared(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/data")
+        .join(path)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind an ephemeral port")
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A mosquitto started for one test, with a config written by the test.
+pub struct Mosquitto {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\n\
+                 allow_anonymous true\n\
+                 persistence false\n\
+                 max_queued_messages 200000\n\
+                 max_inflight_messages 1000\n\
+                 message_size_limit 0\n\
+                 log_dest stderr\n\
+                 log_type error\n"
+            ),
+        )
+        .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed (tools/test.sh installs it)");
+        assert!(
+            wait_for_port(port, Duration::from_secs(10)),
+            "mosquitto did not listen on {port}"
+        );
+        Mosquitto {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The collector binary, started with a config file written by the test.
+pub struct Collector {
+    pub child: Option<Child>,
+    pub log: PathBuf,
+    pub data: PathBuf,
+}
+
+/// A scratch directory holding the config, the log and the data directory.
+pub struct Workspace {
+    pub dir: tempfile::TempDir,
+}
+
+impl Workspace {
+    pub fn new() -> Workspace {
+        Workspace {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Writes `config.toml` with the data dir and a fast stats line, plus `extra` TOML.
+    pub fn config(&self, extra: &str) -> PathBuf {
+        let path = self.dir.path().join("config.toml");
+        let data = self.data();
+        let text = format!(
+            "collector_id = \"test\"\ndata_dir = {:?}\nwal_dir = {:?}\nstats_interval_s = 0.2\n{extra}\n",
+            data.display().to_string(),
+            self.dir.path().join("wal").display().to_string()
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Starts the collector and waits until its subscriptions are acknowledged.
+    pub fn start(&self, extra_config: &str, args: &[&str]) -> Collector {
+        let config = self.config(extra_config);
+        let log = self.dir.path().join(format!(
+            "collector-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let child = Command::new(env!("CARGO_BIN_EXE_v2x-collector"))
+            .arg("--log-format")
+            .arg("json")
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let c = Collector {
+            child: Some(child),
+            log,
+            data: self.data(),
+        };
+        c.wait_log("subscriptions acknowledged", Duration::from_secs(30));
+        c
+    }
+}
+
+impl Collector {
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn wait_log(&self, needle: &str, limit: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.log_text().contains(needle) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("collector never logged {needle:?}:\n{}", self.log_text());
+    }
+
+    /// The latest `ingest stats` line.
+    pub fn stats(&self) -> Option<serde_json::Value> {
+        self.log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["fields"]["message"] == "ingest stats")
+            .last()
+            .map(|v| v["fields"].clone())
+    }
+
+    /// Waits until the collector has taken `n` messages through decode (filed or quarantined).
+    pub fn wait_processed(&self, n: u64, limit: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(s) = self.stats() {
+                let done =
+                    s["decoded"].as_u64().unwrap_or(0) + s["quarantined"].as_u64().unwrap_or(0);
+                if done >= n {
+                    return;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "collector did not process {n} messages in {limit:?}; last stats {:?}\n{}",
+            self.stats(),
+            self.log_text()
+        );
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let pid = child.id().to_string();
+        let _ = Command::new("kill").arg("-TERM").arg(&pid).status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        panic!(
+            "collector did not stop within 60 s after SIGTERM:\n{}",
+            self.log_text()
+        );
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Publishes each line of `lines` as one message with `mosquitto_pub -l`, QoS 1.
+pub fn publish_lines(port: u16, topic: &str, lines: &[String]) {
+    let mut child = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-l",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("mosquitto_pub must be installed (tools/test.sh installs it)");
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for l in lines {
+            assert!(!l.contains('\n'), "one message per line");
+            stdin.write_all(l.as_bytes()).unwrap();
+            stdin.write_all(b"\n").unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "mosquitto_pub failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Publishes one payload (any bytes) from a file.
+pub fn publish_bytes(port: u16, topic: &str, payload: &[u8]) {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("payload");
+    std::fs::write(&f, payload).unwrap();
+    let out = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-f",
+        ])
+        .arg(&f)
+        .output()
+        .expect("mosquitto_pub");
+    assert!(
+        out.status.success(),
+        "mosquitto_pub failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The radar capture, one compact JSON frame per entry.
+pub fn radar_frames() -> Vec<String> {
+    let text = std::fs::read_to_string(shared("openv2x-radar/track.json")).unwrap();
+    let frames: Vec<serde_json::Value> =
+        serde_json::from_str(text.trim_start_matches('\u{feff}')).unwrap();
+    frames
+        .iter()
+        .map(|f| serde_json::to_string(f).unwrap())
+        .collect()
+}
+
+/// Every `.parquet` file below `dir`, sorted.
+pub fn parquet_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "parquet") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// All files (any name) below `dir`.
+pub fn all_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub fn read_parquet(path: &Path) -> RecordBatch {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .build()
+        .unwrap();
+    let batches: Vec<RecordBatch> = reader.map(|b| b.unwrap()).collect();
+    let schema = batches[0].schema();
+    arrow::compute::concat_batches(&schema, &batches).unwrap()
+}
+
+/// All rows of one table (kind or `_quarantine`), with the partition directory of each file.
+pub fn read_table(data: &Path, table: &str) -> (Option<RecordBatch>, Vec<String>) {
+    let files = parquet_files(&data.join(table));
+    let partitions = files
+        .iter()
+        .map(|f| {
+            let rel = f.parent().unwrap().strip_prefix(data.join(table)).unwrap();
+            rel.display().to_string()
+        })
+        .collect();
+    if files.is_empty() {
+        return (None, partitions);
+    }
+    let batches: Vec<RecordBatch> = files.iter().map(|f| read_parquet(f)).collect();
+    let schema = batches[0].schema();
+    (
+        Some(arrow::compute::concat_batches(&schema, &batches).unwrap()),
+        partitions,
+    )
+}
