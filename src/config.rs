@@ -358,8 +358,8 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16), ConfigError> {
         return Err(ConfigError::Invalid(
             "mqtts:// (TLS) is not supported yet; use mqtt://host:port".into(),
         ));
-    } else if url.starts_with("tcp://") {
-        &url["tcp://".len()..]
+    } else if let Some(rest) = url.strip_prefix("tcp://") {
+        rest
     } else {
         return Err(ConfigError::Invalid(format!(
             "broker URL {url:?} must look like mqtt://host:port"

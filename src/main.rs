@@ -345,7 +345,7 @@ fn check(
     let batches = decoder.take_batches();
     for b in &batches {
         if &*b.table == v2x_collector::quarantine::TABLE {
-            let errors = b.batch.column_by_name("error").map(|c| c.clone());
+            let errors = b.batch.column_by_name("error").cloned();
             if let Some(errors) = errors {
                 let errors = arrow::array::AsArray::as_string::<i32>(&errors);
                 for e in errors.iter().flatten() {

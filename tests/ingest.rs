@@ -129,7 +129,7 @@ fn synthetic_payloads() -> Vec<(&'static str, String)> {
         (
             "V2X/VEH/ego-1/OBJECTS/UP",
             format!(
-                r#"{{"timestamp":{ms},"sensor":"fused","frame_id":"map","objects":[{{"id":7,"type":"vehicle","position":{{"x":451203.1,"y":4412003.7,"z":31.0}},"theta":1.5707963,"velocity":{{"x":0.1,"y":8.3}},"size":{{"length":4.6,"width":1.9,"height":1.5}},"confidence":0.93}},{{"id":8,"type":3,"position":{{"x":451210.0,"y":4412001.0}},"theta":-3.1}}]}}"#
+                r#"{{"timestamp":{ms},"sensor":"fused","frame_id":"map","objects":[{{"id":7,"type":"vehicle","position":{{"x":451203.1,"y":4412003.7,"z":31.0}},"theta":1.25,"velocity":{{"x":0.1,"y":8.3}},"size":{{"length":4.6,"width":1.9,"height":1.5}},"confidence":0.93}},{{"id":8,"type":3,"position":{{"x":451210.0,"y":4412001.0}},"theta":-3.1}}]}}"#
             ),
         ),
         (
@@ -287,7 +287,7 @@ fn check_everything(data: &std::path::Path) {
         .flatten()
         .collect();
     theta.sort_by(f64::total_cmp);
-    assert_eq!(theta, vec![-3.1, 1.5707963]);
+    assert_eq!(theta, vec![-3.1, 1.25]);
 
     let (status, _) = read_table(data, "device_status");
     let status = status.expect("status rows");

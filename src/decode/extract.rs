@@ -58,6 +58,8 @@ pub struct Records<'de> {
     levels: Vec<Level<'de>>,
     /// The first structural problem (a list where an object belongs, ...).
     pub error: Option<String>,
+    /// Whether the outermost exploded list appeared at all (even empty or null).
+    pub rows_list_seen: bool,
 }
 
 impl<'de> Records<'de> {
@@ -79,6 +81,7 @@ impl<'de> Records<'de> {
         Records {
             levels,
             error: None,
+            rows_list_seen: false,
         }
     }
 
@@ -155,6 +158,9 @@ struct NodeSeed<'p, 'r, 'de> {
 
 impl<'de> NodeSeed<'_, '_, 'de> {
     fn scalar<E>(self, v: Scalar<'de>) -> Result<(), E> {
+        if let Some((1, _)) = self.node.list {
+            self.records.rows_list_seen = true;
+        }
         if let Some(slot) = self.node.leaf {
             self.records.set(slot, v);
         } else if v != Scalar::Null {
@@ -216,6 +222,7 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_, 'de> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let NodeSeed { node, records } = self;
         if let Some((level, elem)) = &node.list {
+            records.rows_list_seen |= *level == 1;
             // A single object where the standard says a list: one element.
             records.push_record(*level);
             return NodeSeed {
@@ -248,6 +255,7 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_, 'de> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let NodeSeed { node, records } = self;
         if let Some((level, elem)) = &node.list {
+            records.rows_list_seen |= *level == 1;
             while seq
                 .next_element_seed(ElemSeed {
                     level: *level,

@@ -407,7 +407,7 @@ impl Decoder {
             return self.reject(topic, None, payload, recv_us, r);
         }
         let router = Arc::clone(&self.router);
-        let outcome = match router.route(topic) {
+        match router.route(topic) {
             Err(RouteError::NoMatch) => self.reject(
                 topic,
                 None,
@@ -440,8 +440,7 @@ impl Decoder {
                     self.decode_as(k, route.profile, route.source_id, topic, payload, recv_us)
                 }
             },
-        };
-        outcome
+        }
     }
 
     /// Decodes a message as a given kind and profile (used by `decode` and `schema check`).
@@ -536,6 +535,7 @@ impl Decoder {
                 repaired.as_bytes()
             }
         };
+        let mut any_rows_list = false;
         for plan in plans {
             let records = extract::extract(plan, body).map_err(|e| {
                 let reason = match e.classify() {
@@ -547,6 +547,7 @@ impl Decoder {
             if let Some(e) = &records.error {
                 return Err(Rejection::new(Reason::TypeMismatch, e.clone()));
             }
+            any_rows_list |= plan.row_level == 0 || records.rows_list_seen;
             let window = &self.settings.window;
             for row in 0..records.row_count() {
                 records.lineage(row, &mut self.lineage);
@@ -569,6 +570,13 @@ impl Decoder {
                 records.lineage(0, &mut self.lineage);
                 staged.source_id = source_from_payload(plan, &records, &self.lineage)?;
             }
+        }
+        if !any_rows_list {
+            // An empty list is data ("nobody seen"); no list at all is the wrong shape.
+            return Err(Rejection::new(
+                Reason::MissingField,
+                format!("the list that explodes into rows is absent (profile {profile})"),
+            ));
         }
         if staged.source_id.is_empty() {
             return Err(Rejection::new(

@@ -487,6 +487,16 @@ fn malformed_payloads_are_quarantined_with_their_reason() {
         ),
         ("V2X/RSU/R1/RSM/UP", vec![b' '; 70 * 1024], "too_large"),
         ("V2X/RSU/R1/RSM/UP", b"".to_vec(), "invalid_json"),
+        (
+            "V2X/RADAR/R1/TRACK/UP",
+            br#"{"timeStamp":"1664423415000","number":0}"#.to_vec(),
+            "missing_field",
+        ),
+        (
+            "V2X/RSU/R1/RSI/UP",
+            br#"{"msgCnt":1}"#.to_vec(),
+            "missing_field",
+        ),
     ];
     for (topic, payload, want) in &cases {
         let out = d.decode(topic, payload, recv);

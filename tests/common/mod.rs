@@ -189,8 +189,7 @@ impl Collector {
         self.log_text()
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["fields"]["message"] == "ingest stats")
-            .last()
+            .rfind(|v| v["fields"]["message"] == "ingest stats")
             .map(|v| v["fields"].clone())
     }
 
@@ -215,6 +214,8 @@ impl Collector {
     }
 
     /// Sends SIGTERM and waits for the exit.
+    // `try_wait` returning a status has reaped the child; clippy cannot see that.
+    #[allow(clippy::zombie_processes)]
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let pid = child.id().to_string();

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite. Installs what the tests need (mosquitto, mosquitto_pub) when missing,
+# then runs `cargo test`. Extra arguments go to cargo test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -d ../shared/data ]; then
+    echo "error: ../shared/data (the real captures the tests publish) is missing beside the repository" >&2
+    exit 1
+fi
+
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing ${need[*]} for the integration tests" >&2
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}"
+fi
+# Debian installs the broker binary in /usr/sbin, which is not on every user's PATH.
+export PATH="$PATH:/usr/sbin"
+
+cargo test "$@"
