@@ -139,19 +139,25 @@ impl Router {
 
     /// Resolves a topic. The first matching template wins.
     pub fn route<'t>(&'t self, topic: &'t str) -> Result<Route<'t>, RouteError> {
+        // Split once; no template is longer than MAX_SEGMENTS, so a longer topic matches none.
+        let mut parts: [&str; MAX_SEGMENTS] = [""; MAX_SEGMENTS];
+        let n = match self.separator.as_bytes() {
+            [b] if b.is_ascii() => fill(topic.split(*b as char), &mut parts),
+            _ => fill(topic.split(self.separator.as_str()), &mut parts),
+        }
+        .ok_or(RouteError::NoMatch)?;
+        let parts = &parts[..n];
         'templates: for c in &self.routes {
-            let mut parts = topic.split(self.separator.as_str());
+            let len = c.segments.len();
+            if !(n == len || (c.last_optional && n + 1 == len)) {
+                continue;
+            }
             let mut route = Route {
                 kind: c.kind.as_deref().unwrap_or(""),
                 source_id: None,
                 profile: &c.profile,
             };
-            for (i, seg) in c.segments.iter().enumerate() {
-                let part = match parts.next() {
-                    Some(p) => p,
-                    None if c.last_optional && i + 1 == c.segments.len() => break,
-                    None => continue 'templates,
-                };
+            for (seg, part) in c.segments.iter().zip(parts) {
                 match seg {
                     Segment::Literal(lit) if lit == part => {}
                     Segment::Literal(_) => continue 'templates,
@@ -160,9 +166,6 @@ impl Router {
                     Segment::Kind => route.kind = part,
                     Segment::Any => {}
                 }
-            }
-            if parts.next().is_some() {
-                continue;
             }
             if let Some(id) = route.source_id
                 && !is_safe_identifier(id)
@@ -203,6 +206,19 @@ impl Router {
         }
         filters
     }
+}
+
+/// Most segments a template may have.
+const MAX_SEGMENTS: usize = 16;
+
+/// Fills `out` with the segments; `None` when there are more than it holds.
+fn fill<'t>(segments: impl Iterator<Item = &'t str>, out: &mut [&'t str]) -> Option<usize> {
+    let mut n = 0;
+    for s in segments {
+        *out.get_mut(n)? = s;
+        n += 1;
+    }
+    Some(n)
 }
 
 /// Whether MQTT filter `a` matches every topic that `b` matches (only the cases we produce).
@@ -250,6 +266,9 @@ fn compile(separator: &str, t: &RouteTemplate) -> Result<Compiled, TemplateError
             Segment::Literal(part.to_string())
         };
         segments.push(seg);
+    }
+    if segments.len() > MAX_SEGMENTS {
+        return Err(err("more than 16 segments"));
     }
     let captures_kind = segments.contains(&Segment::Kind);
     if t.kind.is_none() && !captures_kind {

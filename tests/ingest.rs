@@ -331,7 +331,8 @@ fn embedded_broker_gives_the_same_rows() {
     let mut c = ws.start("", &["--listen", &format!("127.0.0.1:{port}")]);
     let n = publish_everything(port);
     c.wait_processed(n, Duration::from_secs(120));
-    let status = c.stop();
+    // Ctrl-C, as a user at a terminal would stop it.
+    let status = c.stop_with("INT");
     assert!(status.success(), "exit {status:?}:\n{}", c.log_text());
     check_everything(&ws.data());
 }

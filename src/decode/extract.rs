@@ -60,6 +60,8 @@ pub struct Records<'de> {
     pub error: Option<String>,
     /// Whether the outermost exploded list appeared at all (even empty or null).
     pub rows_list_seen: bool,
+    /// Object members the plan does not read (counted, then skipped).
+    pub ignored_fields: u64,
 }
 
 impl<'de> Records<'de> {
@@ -82,6 +84,7 @@ impl<'de> Records<'de> {
             levels,
             error: None,
             rows_list_seen: false,
+            ignored_fields: 0,
         }
     }
 
@@ -245,6 +248,7 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_, 'de> {
                     records: &mut *records,
                 })?,
                 None => {
+                    records.ignored_fields += 1;
                     map.next_value::<IgnoredAny>()?;
                 }
             }

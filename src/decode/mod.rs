@@ -36,6 +36,7 @@ pub struct KindDecoder {
     profiles: HashMap<String, Vec<Plan>>,
     messages: metrics::Counter,
     rows: metrics::Counter,
+    ignored_fields: metrics::Counter,
 }
 
 impl KindDecoder {
@@ -60,7 +61,8 @@ impl KindDecoder {
             arrow,
             profiles,
             messages: metrics::counter!("v2x_decode_messages_total", "kind" => kind.clone()),
-            rows: metrics::counter!("v2x_decode_rows_total", "kind" => kind),
+            rows: metrics::counter!("v2x_decode_rows_total", "kind" => kind.clone()),
+            ignored_fields: metrics::counter!("v2x_decode_ignored_fields_total", "kind" => kind),
         })
     }
 
@@ -122,6 +124,8 @@ enum Cell<'a> {
     I64(i64),
     Bool(bool),
     Str(Cow<'a, str>),
+    /// A canonical enum name, shared with the plan.
+    Name(Arc<str>),
 }
 
 enum ColBuilder {
@@ -152,6 +156,7 @@ impl ColBuilder {
             (ColBuilder::I64(b), Cell::I64(v)) => b.append_value(*v),
             (ColBuilder::I32(b), Cell::I64(v)) => b.append_value(*v as i32),
             (ColBuilder::Str(b), Cell::Str(v)) => b.append_value(v),
+            (ColBuilder::Str(b), Cell::Name(v)) => b.append_value(v),
             (ColBuilder::Bool(b), Cell::Bool(v)) => b.append_value(*v),
             (ColBuilder::Ts(b), Cell::I64(v)) => b.append_value(scale_ts(*v, unit)),
             (ColBuilder::F64(b), _) => b.append_null(),
@@ -453,9 +458,22 @@ impl Decoder {
         payload: &[u8],
         recv_us: i64,
     ) -> Outcome {
-        let kind_name = self.kinds[kind].schema.kind.clone();
-        match self.stage(kind, profile, topic_source, payload, recv_us) {
-            Err(r) => self.reject(topic, Some(&kind_name), payload, recv_us, r),
+        let body = payload.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(payload);
+        let repaired: String;
+        let mut staged = self.stage(kind, profile, topic_source, body, recv_us);
+        if let Err(r) = &staged
+            && r.reason == Reason::InvalidJson
+            && std::str::from_utf8(body).is_err()
+        {
+            // GB2312-era text that is not UTF-8: keep the message, replace the bad bytes.
+            repaired = String::from_utf8_lossy(body).into_owned();
+            staged = self.stage(kind, profile, topic_source, repaired.as_bytes(), recv_us);
+        }
+        match staged {
+            Err(r) => {
+                let kind_name = self.kinds[kind].schema.kind.clone();
+                self.reject(topic, Some(&kind_name), payload, recv_us, r)
+            }
             Ok(staged) => {
                 let rows = staged.events.len();
                 self.append(kind, topic, payload, recv_us, staged);
@@ -498,7 +516,7 @@ impl Decoder {
         kind: usize,
         profile: &'a str,
         topic_source: Option<&'a str>,
-        payload: &'a [u8],
+        body: &'a [u8],
         recv_us: i64,
     ) -> Result<Staged<'a>, Rejection> {
         let k = &self.kinds[kind];
@@ -518,22 +536,12 @@ impl Decoder {
                 ),
             )
         })?;
-        let body = payload.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(payload);
         let ncols = k.schema.columns.len();
         let mut staged = Staged {
             source_id: Cow::Borrowed(topic_source.unwrap_or("")),
             profile,
             events: Vec::new(),
             cells: Vec::new(),
-        };
-        let repaired: String;
-        let body: &[u8] = match std::str::from_utf8(body) {
-            Ok(_) => body,
-            Err(_) => {
-                // GB2312-era text that is not UTF-8: keep the message, replace the bad bytes.
-                repaired = String::from_utf8_lossy(body).into_owned();
-                repaired.as_bytes()
-            }
         };
         let mut any_rows_list = false;
         for plan in plans {
@@ -548,6 +556,9 @@ impl Decoder {
                 return Err(Rejection::new(Reason::TypeMismatch, e.clone()));
             }
             any_rows_list |= plan.row_level == 0 || records.rows_list_seen;
+            if records.ignored_fields > 0 {
+                k.ignored_fields.increment(records.ignored_fields);
+            }
             let window = &self.settings.window;
             for row in 0..records.row_count() {
                 records.lineage(row, &mut self.lineage);
@@ -562,7 +573,7 @@ impl Decoder {
                 staged.events.push(event);
                 for col in &plan.columns {
                     let cell = convert(col, &records, lineage, recv_us)?;
-                    staged.cells.push(own_cell(cell));
+                    staged.cells.push(cell);
                 }
                 debug_assert_eq!(staged.cells.len(), staged.events.len() * ncols);
             }
@@ -590,7 +601,8 @@ impl Decoder {
     fn append(&mut self, kind: usize, topic: &str, payload: &[u8], recv_us: i64, s: Staged) {
         let k = &self.kinds[kind];
         let ncols = k.schema.columns.len();
-        let uid = msg_uid(topic, payload);
+        let uid_hex = msg_uid_hex(topic, payload);
+        let uid = std::str::from_utf8(&uid_hex).unwrap_or_default();
         let unit = self.settings.unit;
         for (row, &event) in s.events.iter().enumerate() {
             let hour = event.div_euclid(US_PER_HOUR) * US_PER_HOUR;
@@ -603,7 +615,7 @@ impl Decoder {
             b.source_id.append_value(&s.source_id);
             b.topic.append_value(topic);
             b.profile.append_value(s.profile);
-            b.msg_uid.append_value(&uid);
+            b.msg_uid.append_value(uid);
             for (c, cell) in b
                 .cols
                 .iter_mut()
@@ -648,21 +660,26 @@ impl Decoder {
 /// A 128-bit hash of topic and payload, as 32 hex characters: the same delivery always gets
 /// the same id, two different payloads practically never do.
 pub fn msg_uid(topic: &str, payload: &[u8]) -> String {
+    String::from_utf8_lossy(&msg_uid_hex(topic, payload)).into_owned()
+}
+
+/// [`msg_uid`] without allocating.
+fn msg_uid_hex(topic: &str, payload: &[u8]) -> [u8; 32] {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(topic.as_bytes());
     h.update(&[0]);
     h.update(payload);
-    format!("{:032x}", h.digest128())
-}
-
-fn own_cell(c: Cell<'_>) -> Cell<'static> {
-    match c {
-        Cell::Null => Cell::Null,
-        Cell::F64(v) => Cell::F64(v),
-        Cell::I64(v) => Cell::I64(v),
-        Cell::Bool(v) => Cell::Bool(v),
-        Cell::Str(s) => Cell::Str(Cow::Owned(s.into_owned())),
+    let v = h.digest128();
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        let nibble = ((v >> (124 - 4 * i)) & 0xf) as u8;
+        *b = if nibble < 10 {
+            b'0' + nibble
+        } else {
+            b'a' + nibble - 10
+        };
     }
+    out
 }
 
 fn source_from_payload<'a>(
@@ -773,13 +790,13 @@ fn as_i64(v: &Scalar<'_>) -> Option<i64> {
 }
 
 /// Converts one column's raw value into its declared type and unit.
-fn convert<'a>(
+fn convert<'a, 'de>(
     col: &ColumnPlan,
-    records: &'a Records<'_>,
+    records: &'a Records<'de>,
     lineage: &[u32],
     recv_us: i64,
-) -> Result<Cell<'a>, Rejection> {
-    let raw: Cow<'a, Scalar<'_>> = match &col.source {
+) -> Result<Cell<'de>, Rejection> {
+    let raw: Cow<'a, Scalar<'de>> = match &col.source {
         ColumnSource::Absent => Cow::Owned(Scalar::Null),
         ColumnSource::Const(c) => {
             return Ok(match c {
@@ -852,11 +869,10 @@ fn convert<'a>(
             None => return Err(mismatch("a time")),
         },
         (ColumnType::Utf8, v) => {
-            let text: Cow<'a, str> = match v {
-                Scalar::Str(s) => match &raw {
-                    Cow::Borrowed(Scalar::Str(b)) => Cow::Borrowed(b.as_ref()),
-                    _ => Cow::Owned(s.to_string()),
-                },
+            let text: Cow<'de, str> = match v {
+                // Unescaped strings stay borrowed from the payload.
+                Scalar::Str(Cow::Borrowed(b)) => Cow::Borrowed(*b),
+                Scalar::Str(s) => Cow::Owned(s.to_string()),
                 Scalar::I64(i) => Cow::Owned(i.to_string()),
                 Scalar::U64(u) => Cow::Owned(u.to_string()),
                 Scalar::F64(f) if f.fract() == 0.0 && f.abs() < 1e15 => {
@@ -868,11 +884,16 @@ fn convert<'a>(
             };
             match &col.enum_map {
                 Some(map) => {
-                    let key = text.trim().to_ascii_lowercase();
-                    match map.get(&key) {
-                        Some(name) => Cell::Str(Cow::Owned(name.clone())),
+                    let trimmed = text.trim();
+                    let key: Cow<str> = if trimmed.bytes().any(|b| b.is_ascii_uppercase()) {
+                        Cow::Owned(trimmed.to_ascii_lowercase())
+                    } else {
+                        Cow::Borrowed(trimmed)
+                    };
+                    match map.get(key.as_ref()) {
+                        Some(name) => Cell::Name(name.clone()),
                         // An unknown code is kept as sent rather than lost.
-                        None => Cell::Str(Cow::Owned(key)),
+                        None => Cell::Str(Cow::Owned(key.into_owned())),
                     }
                 }
                 None => Cell::Str(text),

@@ -70,7 +70,7 @@ pub struct ColumnPlan {
     pub unavailable: Vec<f64>,
     pub unavailable_at_or_above: Option<f64>,
     /// Normalisation table: lower-case code or name -> canonical name.
-    pub enum_map: Option<HashMap<String, String>>,
+    pub enum_map: Option<HashMap<String, std::sync::Arc<str>>>,
     pub time_format: TimeFormat,
 }
 
@@ -315,8 +315,9 @@ fn column_plan(
         .map(|m| {
             let mut map = HashMap::new();
             for (code, name) in m {
-                map.insert(code.to_ascii_lowercase(), name.clone());
-                map.insert(name.to_ascii_lowercase(), name.clone());
+                let canonical: std::sync::Arc<str> = name.as_str().into();
+                map.insert(code.to_ascii_lowercase(), canonical.clone());
+                map.insert(name.to_ascii_lowercase(), canonical);
             }
             map
         });

@@ -214,12 +214,20 @@ impl Collector {
     }
 
     /// Sends SIGTERM and waits for the exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.stop_with("TERM")
+    }
+
+    /// Sends the named signal (`TERM`, `INT`) and waits for the exit.
     // `try_wait` returning a status has reaped the child; clippy cannot see that.
     #[allow(clippy::zombie_processes)]
-    pub fn stop(&mut self) -> ExitStatus {
+    pub fn stop_with(&mut self, signal: &str) -> ExitStatus {
         let mut child = self.child.take().expect("running");
         let pid = child.id().to_string();
-        let _ = Command::new("kill").arg("-TERM").arg(&pid).status();
+        let _ = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(&pid)
+            .status();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(60) {
             if let Some(status) = child.try_wait().unwrap() {
@@ -228,8 +236,9 @@ impl Collector {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = child.kill();
+        let _ = child.wait();
         panic!(
-            "collector did not stop within 60 s after SIGTERM:\n{}",
+            "collector did not stop within 60 s after SIG{signal}:\n{}",
             self.log_text()
         );
     }

@@ -1,0 +1,121 @@
+//! The in-process hot path: payload bytes -> decoded Arrow rows -> committed Parquet.
+//!
+//! `cargo bench --bench hot_path`. Figures are per core (one thread). BENCHMARKS.md records
+//! them with the machine they came from.
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use v2x_collector::config::Config;
+use v2x_collector::decode::{Decoder, Outcome};
+use v2x_collector::pipeline::build_decoder;
+use v2x_collector::sink::{FileSettings, parquet_file};
+
+const RECV_US: i64 = 1_764_320_444_000_000; // 2025-11-28T09:00:44Z
+
+fn decoder() -> Decoder {
+    build_decoder(&Config::default()).expect("built-in schemas")
+}
+
+/// A CSAE integer BSM of about 330 bytes, varied per message like real traffic.
+fn bsm(i: u32) -> Vec<u8> {
+    format!(
+        r#"{{"msgCnt":{},"id":"A1B2C3D4{:08X}","secMark":{},"pos":{{"lat":{},"long":{},"elev":512}},"transmission":2,"speed":{},"heading":{},"angle":3,"accelSet":{{"long":{},"lat":0,"vert":0,"yaw":12}},"brakes":{{"brakePadel":1}},"size":{{"width":180,"length":460,"height":30}},"vehicleClass":{{"classification":10}}}}"#,
+        i % 128,
+        i % 997,
+        (i * 100) % 60_000,
+        399_000_000 + i % 10_000,
+        1_165_000_000 + i % 10_000,
+        500 + i % 300,
+        (i * 7) % 28_800,
+        (i % 300) as i32 - 150,
+    )
+    .into_bytes()
+}
+
+fn rsm_payloads() -> Vec<Vec<u8>> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/data/openv2x-payloads/derived_rsm_std_payloads.ndjson"
+    );
+    std::fs::read_to_string(path)
+        .expect("../shared/data beside the repository")
+        .lines()
+        .map(|l| l.as_bytes().to_vec())
+        .collect()
+}
+
+fn decode_all(d: &mut Decoder, topic: &str, payloads: &[Vec<u8>]) -> usize {
+    let mut rows = 0;
+    for p in payloads {
+        if let Outcome::Filed { rows: n, .. } = d.decode(topic, p, RECV_US) {
+            rows += n;
+        }
+    }
+    black_box(d.take_batches());
+    rows
+}
+
+fn bench(c: &mut Criterion) {
+    let bsms: Vec<Vec<u8>> = (0..10_000).map(bsm).collect();
+    let bsm_bytes: usize = bsms.iter().map(Vec::len).sum();
+    let mut g = c.benchmark_group("decode");
+    g.measurement_time(Duration::from_secs(5));
+    g.throughput(Throughput::Elements(bsms.len() as u64));
+    g.bench_function("bsm_messages", |b| {
+        let mut d = decoder();
+        b.iter(|| decode_all(&mut d, "V2X/OBU/car-1/BSM/UP", &bsms))
+    });
+    let rsms = rsm_payloads();
+    let rows = decode_all(&mut decoder(), "V2X/RSU/R328328/RSM/UP", &rsms);
+    g.throughput(Throughput::Elements(rows as u64));
+    g.bench_function("rsm_participant_rows", |b| {
+        let mut d = decoder();
+        b.iter(|| decode_all(&mut d, "V2X/RSU/R328328/RSM/UP", &rsms))
+    });
+    g.finish();
+
+    // Decode plus a committed (sorted, zstd, fsynced) Parquet file.
+    let mut g = c.benchmark_group("decode_to_parquet");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(10));
+    g.throughput(Throughput::Elements(bsms.len() as u64));
+    let dir = tempfile::tempdir().unwrap();
+    let settings = FileSettings {
+        row_group_rows: 128 * 1024,
+        zstd_level: 1,
+    };
+    let mut n = 0u64;
+    let mut parquet_bytes = 0u64;
+    g.bench_function("bsm_messages", |b| {
+        let mut d = decoder();
+        b.iter(|| {
+            for p in &bsms {
+                d.decode("V2X/OBU/car-1/BSM/UP", p, RECV_US);
+            }
+            let batches: Vec<_> = d.take_batches().into_iter().map(|b| b.batch).collect();
+            n += 1;
+            let done = parquet_file::commit(
+                dir.path(),
+                &format!("bench-{n:020}.parquet"),
+                &batches,
+                &["source_id", "event_ts"],
+                None,
+                &settings,
+            )
+            .unwrap();
+            parquet_bytes = done.bytes;
+        })
+    });
+    g.finish();
+    println!(
+        "BSM: {} raw JSON bytes per 10,000 messages -> {} Parquet bytes ({:.1} %)",
+        bsm_bytes,
+        parquet_bytes,
+        100.0 * parquet_bytes as f64 / bsm_bytes as f64
+    );
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
