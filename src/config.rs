@@ -38,6 +38,7 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Directory for the collector's own write-ahead log. Default `./wal`.
     pub wal_dir: PathBuf,
+    pub wal: WalConfig,
     /// Directory of schema files (`*.toml`). Empty: the schemas built into the binary.
     pub schema_dir: Option<PathBuf>,
     /// HTTP address for the dashboard and metrics (served once that issue lands).
@@ -58,6 +59,7 @@ impl Default for Config {
             collector_id: default_collector_id(),
             data_dir: PathBuf::from("data"),
             wal_dir: PathBuf::from("wal"),
+            wal: WalConfig::default(),
             schema_dir: None,
             http: SocketAddr::from(([127, 0, 0, 1], 9180)),
             stats_interval_s: 10.0,
@@ -131,6 +133,30 @@ impl Default for MqttConfig {
             reconnect_max_ms: 10_000,
             username: None,
             password: None,
+        }
+    }
+}
+
+/// The write-ahead log. Group commit size and delay are `decode.batch_messages` and
+/// `decode.batch_max_delay_ms`: one fsync per batch, then the batch's acks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WalConfig {
+    /// A new segment file starts after this many bytes.
+    pub segment_bytes: u64,
+    /// Bound on the log's total size. When reached the collector stops acknowledging (the
+    /// broker holds the data), commits open files so the log can be truncated, and resumes.
+    pub max_bytes: u64,
+    /// Message ids remembered to drop broker redeliveries (about 48 bytes each).
+    pub dedup_window: usize,
+}
+
+impl Default for WalConfig {
+    fn default() -> Self {
+        WalConfig {
+            segment_bytes: 64 * 1024 * 1024,
+            max_bytes: 1024 * 1024 * 1024,
+            dedup_window: 200_000,
         }
     }
 }

@@ -7,9 +7,11 @@
 
 pub mod config;
 pub mod decode;
+pub mod failpoint;
 pub mod pipeline;
 pub mod quarantine;
 pub mod route;
 pub mod schema;
 pub mod sink;
 pub mod source;
+pub mod wal;

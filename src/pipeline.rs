@@ -10,6 +10,7 @@
 //! Shutdown: stop accepting new publishes (they stay unacknowledged at the broker), let the
 //! decoder drain what was received, send its acks, disconnect, then commit every open file.
 
+use std::collections::{HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,6 +25,7 @@ use crate::sink::{FileSettings, PartitionWriter, SinkError, SinkStats, WriterSet
 use crate::source::embedded::{self, EmbeddedError};
 use crate::source::mqtt::{self, SourceSettings};
 use crate::source::{AckSender, AckToken, Message};
+use crate::wal::{Wal, WalError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -37,6 +39,8 @@ pub enum RunError {
     Sink(#[from] SinkError),
     #[error(transparent)]
     Embedded(#[from] EmbeddedError),
+    #[error(transparent)]
+    Wal(#[from] WalError),
     #[error("{0} open files could not be committed at shutdown (see the errors above)")]
     Uncommitted(usize),
     #[error("a pipeline thread failed: {0}")]
@@ -58,6 +62,13 @@ impl RunError {
 #[derive(Debug, Default)]
 pub struct Stats {
     pub decoded_messages: AtomicU64,
+    pub dedup_hits: AtomicU64,
+    pub acked_groups: AtomicU64,
+    pub recovered_records: AtomicU64,
+    /// The WAL cannot be written: nothing is acknowledged.
+    pub unhealthy: AtomicBool,
+    /// The WAL is at its bound: nothing is acknowledged until files commit.
+    pub wal_full: AtomicBool,
     pub rows: AtomicU64,
     pub quarantined: AtomicU64,
     pub files_committed: AtomicU64,
@@ -77,6 +88,10 @@ pub struct Summary {
 
 enum WriterMsg {
     Batch(Batch),
+    /// Every WAL record below this LSN has been handed over.
+    Progress(u64),
+    /// Commit every open file (the WAL is at its bound).
+    CommitAll,
     Close,
 }
 
@@ -106,9 +121,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Summary, RunError> {
     config.validate()?;
-    let decoder = build_decoder(&config)?;
+    let mut decoder = build_decoder(&config)?;
     let kinds: Vec<_> = decoder.kinds().iter().map(|k| k.schema.clone()).collect();
-    let writer = PartitionWriter::new(
+    let mut writer = PartitionWriter::new(
         WriterSettings {
             data_dir: config.data_dir.clone(),
             collector_id: config.collector_id.clone(),
@@ -120,9 +135,22 @@ pub async fn run(
                 row_group_rows: config.writer.row_group_rows,
                 zstd_level: config.writer.zstd_level,
             },
+            wal_dir: Some(config.wal_dir.clone()),
         },
         &kinds,
     )?;
+
+    // Replay what the WAL holds beyond the checkpoint before taking new messages.
+    let stats = Arc::new(Stats::default());
+    let mut recent = RecentIds::new(config.wal.dedup_window);
+    let next_lsn = recover(
+        &mut decoder,
+        &mut writer,
+        &config.wal_dir,
+        &mut recent,
+        &stats,
+    )?;
+    let wal = Wal::open(&config.wal_dir, next_lsn, config.wal.segment_bytes)?;
 
     let (host, port, protocol) = match &config.mqtt.broker {
         Some(url) => {
@@ -169,7 +197,6 @@ pub async fn run(
         "starting collector"
     );
 
-    let stats = Arc::new(Stats::default());
     let draining = Arc::new(AtomicBool::new(false));
     let (msg_tx, msg_rx) = std::sync::mpsc::channel::<Message>();
     let source = mqtt::spawn(source_settings, msg_tx);
@@ -183,26 +210,27 @@ pub async fn run(
         .map_err(|e| RunError::Thread(e.to_string()))?;
 
     let decoder_thread = {
-        let acks = source.acks.clone();
-        let stats = stats.clone();
-        let draining = draining.clone();
-        let writer_tx = writer_tx.clone();
+        let ingest = Ingest {
+            decoder,
+            wal,
+            wal_dir: config.wal_dir.clone(),
+            wal_segment_bytes: config.wal.segment_bytes,
+            wal_max_bytes: config.wal.max_bytes,
+            wal_failed: None,
+            recent,
+            writer: writer_tx.clone(),
+            acks: source.acks.clone(),
+            stats: stats.clone(),
+            draining: draining.clone(),
+            tokens: Vec::with_capacity(config.decode.batch_messages),
+            pending: Vec::with_capacity(config.decode.batch_messages),
+            oldest: None,
+        };
         let batch_messages = config.decode.batch_messages;
         let max_delay = Duration::from_millis(config.decode.batch_max_delay_ms.max(1));
         std::thread::Builder::new()
             .name("decoder".into())
-            .spawn(move || {
-                decode_loop(
-                    decoder,
-                    msg_rx,
-                    writer_tx,
-                    acks,
-                    stats,
-                    draining,
-                    batch_messages,
-                    max_delay,
-                )
-            })
+            .spawn(move || ingest.run(msg_rx, batch_messages, max_delay))
             .map_err(|e| RunError::Thread(e.to_string()))?
     };
     drop(writer_tx);
@@ -261,80 +289,329 @@ fn log_stats(source: &mqtt::SourceState, stats: &Stats) {
     );
 }
 
-#[allow(clippy::too_many_arguments)]
-fn decode_loop(
-    mut decoder: Decoder,
-    rx: Receiver<Message>,
+/// Replays the WAL from the checkpoint into the writer. Returns the next LSN to log.
+///
+/// The writer has already completed any interrupted commit set, so every record at or above
+/// the checkpoint is in no committed file: all of them are replayed, except broker
+/// redeliveries of a message logged before (DUP flag set and the same `msg_uid`).
+fn recover(
+    decoder: &mut Decoder,
+    writer: &mut PartitionWriter,
+    wal_dir: &std::path::Path,
+    recent: &mut RecentIds,
+    stats: &Stats,
+) -> Result<u64, RunError> {
+    let checkpoint = writer.checkpoint();
+    let segments = crate::wal::segments(wal_dir)?;
+    let started = Instant::now();
+    let mut next_lsn = checkpoint;
+    let (mut replayed, mut duplicates, mut skipped_bytes) = (0u64, 0u64, 0u64);
+    let mut in_chunk = 0usize;
+    for (_, path) in &segments {
+        let scan = crate::wal::read_segment(path)?;
+        if let Some(damage) = &scan.damage {
+            tracing::warn!(segment = %path.display(), %damage, skipped_bytes = scan.skipped_bytes, "WAL segment damaged: kept its intact prefix");
+            metrics::counter!("v2x_wal_recovery_skipped_bytes_total").increment(scan.skipped_bytes);
+        }
+        skipped_bytes += scan.skipped_bytes;
+        for r in scan.records {
+            next_lsn = next_lsn.max(r.lsn + 1);
+            let uid = crate::decode::msg_uid_u128(&r.topic, &r.payload);
+            let redelivery = r.dup && recent.contains(uid);
+            recent.insert(uid);
+            if r.lsn < checkpoint {
+                continue;
+            }
+            if redelivery {
+                duplicates += 1;
+                continue;
+            }
+            decoder.decode(&r.topic, &r.payload, r.recv_us);
+            replayed += 1;
+            in_chunk += 1;
+            if in_chunk >= 4096 {
+                for b in decoder.take_batches() {
+                    writer.push(b);
+                }
+                in_chunk = 0;
+            }
+        }
+    }
+    for b in decoder.take_batches() {
+        writer.push(b);
+    }
+    writer.progress(next_lsn);
+    stats.recovered_records.store(replayed, Ordering::SeqCst);
+    metrics::counter!("v2x_wal_recovered_records_total").increment(replayed);
+    if !segments.is_empty() {
+        tracing::info!(
+            checkpoint,
+            replayed,
+            duplicates,
+            skipped_bytes,
+            next_lsn,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "write-ahead log recovered"
+        );
+    }
+    Ok(next_lsn)
+}
+
+/// Message ids seen recently, to drop broker redeliveries of messages already logged.
+pub struct RecentIds {
+    set: HashSet<u128>,
+    order: VecDeque<u128>,
+    capacity: usize,
+}
+
+impl RecentIds {
+    pub fn new(capacity: usize) -> RecentIds {
+        RecentIds {
+            set: HashSet::with_capacity(capacity.min(1 << 20)),
+            order: VecDeque::with_capacity(capacity.min(1 << 20)),
+            capacity: capacity.max(1),
+        }
+    }
+
+    pub fn contains(&self, id: u128) -> bool {
+        self.set.contains(&id)
+    }
+
+    pub fn insert(&mut self, id: u128) {
+        if self.set.insert(id) {
+            self.order.push_back(id);
+            if self.order.len() > self.capacity
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
+}
+
+/// A logged message of the current group, kept until its fsync succeeds so it can be
+/// written again to a fresh segment after a write error.
+struct Pending {
+    recv_us: i64,
+    qos: u8,
+    dup: bool,
+    topic: String,
+    payload: bytes::Bytes,
+}
+
+/// The decoder thread: log, decode, group commit, hand over, acknowledge.
+struct Ingest {
+    decoder: Decoder,
+    wal: Wal,
+    wal_dir: std::path::PathBuf,
+    wal_segment_bytes: u64,
+    wal_max_bytes: u64,
+    wal_failed: Option<String>,
+    recent: RecentIds,
     writer: SyncSender<WriterMsg>,
     acks: AckSender,
     stats: Arc<Stats>,
     draining: Arc<AtomicBool>,
-    batch_messages: usize,
-    max_delay: Duration,
-) {
-    let mut tokens: Vec<AckToken> = Vec::with_capacity(batch_messages);
-    let mut oldest: Option<Instant> = None;
-    let handle = |m: Message, tokens: &mut Vec<AckToken>, decoder: &mut Decoder| {
-        match decoder.decode(&m.topic, &m.payload, m.recv_us) {
-            Outcome::Filed { rows, .. } => {
-                stats.decoded_messages.fetch_add(1, Ordering::Relaxed);
-                stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
-            }
-            Outcome::Quarantined(_) => {
-                stats.quarantined.fetch_add(1, Ordering::Relaxed);
+    tokens: Vec<AckToken>,
+    pending: Vec<Pending>,
+    oldest: Option<Instant>,
+}
+
+impl Ingest {
+    fn handle(&mut self, m: Message) {
+        let uid = crate::decode::msg_uid_u128(&m.topic, &m.payload);
+        // Only a message the broker marks as redelivered can be a copy of one already logged:
+        // two identical payloads published twice are two messages (real captures have them).
+        if m.dup && self.recent.contains(uid) {
+            // A redelivery of a message already logged: acknowledge it with this group.
+            self.stats.dedup_hits.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("v2x_dedup_hits_total").increment(1);
+            self.tokens.push(m.ack);
+            return;
+        }
+        self.oldest.get_or_insert_with(Instant::now);
+        if self.wal_failed.is_none() {
+            match self
+                .wal
+                .append(m.recv_us, m.ack.qos, m.dup, &m.topic, &m.payload)
+            {
+                Ok(_) => {}
+                Err(e) => self.wal_failed = Some(e.to_string()),
             }
         }
-        tokens.push(m.ack);
-    };
-    loop {
-        let wait = match oldest {
-            Some(t) => max_delay.saturating_sub(t.elapsed()),
-            None => max_delay,
-        };
-        let mut channel_empty = false;
-        let mut disconnected = false;
-        match rx.recv_timeout(wait) {
-            Ok(m) => {
-                oldest.get_or_insert_with(Instant::now);
-                handle(m, &mut tokens, &mut decoder);
-                while tokens.len() < batch_messages {
-                    match rx.try_recv() {
-                        Ok(m) => handle(m, &mut tokens, &mut decoder),
-                        Err(TryRecvError::Empty) => {
-                            channel_empty = true;
-                            break;
-                        }
-                        Err(TryRecvError::Disconnected) => {
-                            disconnected = true;
-                            break;
-                        }
+        match self.decoder.decode(&m.topic, &m.payload, m.recv_us) {
+            Outcome::Filed { rows, .. } => {
+                self.stats.decoded_messages.fetch_add(1, Ordering::Relaxed);
+                self.stats.rows.fetch_add(rows as u64, Ordering::Relaxed);
+            }
+            Outcome::Quarantined(_) => {
+                self.stats.quarantined.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.recent.insert(uid);
+        self.tokens.push(m.ack);
+        self.pending.push(Pending {
+            recv_us: m.recv_us,
+            qos: m.ack.qos,
+            dup: m.dup,
+            topic: m.topic,
+            payload: m.payload,
+        });
+    }
+
+    /// Makes the group durable, hands its rows to the writer, then acknowledges it. Returns
+    /// false when the writer is gone or shutdown interrupted a WAL outage (the group stays
+    /// unacknowledged: the broker delivers it again).
+    fn flush(&mut self) -> bool {
+        if self.tokens.is_empty() {
+            return true;
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if self.wal_failed.is_none() {
+                match self.wal.sync() {
+                    Ok(()) => break,
+                    Err(e) => self.wal_failed = Some(e.to_string()),
+                }
+            }
+            let error = self.wal_failed.clone().unwrap_or_default();
+            if !self.stats.unhealthy.swap(true, Ordering::SeqCst) {
+                tracing::error!(%error, "write-ahead log failed: not acknowledging until it recovers");
+            }
+            metrics::counter!("v2x_wal_errors_total").increment(1);
+            if self.draining.load(Ordering::SeqCst) {
+                tracing::warn!(
+                    messages = self.tokens.len(),
+                    "stopping with messages not durable; they stay unacknowledged at the broker"
+                );
+                return false;
+            }
+            std::thread::sleep(backoff);
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            // Start a fresh segment and log the group again; a partial copy left in the old
+            // segment is dropped at recovery as a duplicate of this one.
+            match Wal::open(&self.wal_dir, self.wal.next_lsn(), self.wal_segment_bytes) {
+                Ok(wal) => self.wal = wal,
+                Err(e) => {
+                    self.wal_failed = Some(e.to_string());
+                    continue;
+                }
+            }
+            self.wal_failed = None;
+            for p in &self.pending {
+                match self
+                    .wal
+                    .append(p.recv_us, p.qos, p.dup, &p.topic, &p.payload)
+                {
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.wal_failed = Some(e.to_string());
+                        break;
                     }
                 }
             }
-            Err(RecvTimeoutError::Timeout) => channel_empty = true,
-            Err(RecvTimeoutError::Disconnected) => disconnected = true,
         }
-        let due = oldest.is_some_and(|t| t.elapsed() >= max_delay);
-        let stopping = disconnected || (draining.load(Ordering::SeqCst) && channel_empty);
-        // Flushing whenever the channel runs dry keeps acks prompt under light load (the
-        // broker's in-flight window may be as small as 20); under load batches fill up.
-        if !tokens.is_empty()
-            && (tokens.len() >= batch_messages || due || stopping || channel_empty)
-        {
-            for b in decoder.take_batches() {
-                if writer.send(WriterMsg::Batch(b)).is_err() {
-                    tracing::error!("writer stopped; messages left unacknowledged");
+        if self.stats.unhealthy.swap(false, Ordering::SeqCst) {
+            tracing::info!("write-ahead log recovered; acknowledging again");
+        }
+        let next = self.wal.next_lsn();
+        for batch in self.decoder.take_batches() {
+            if self.writer.send(WriterMsg::Batch(batch)).is_err() {
+                tracing::error!("writer stopped; messages left unacknowledged");
+                return false;
+            }
+        }
+        if self.writer.send(WriterMsg::Progress(next)).is_err() {
+            return false;
+        }
+        // Durable: release the tokens, in arrival order.
+        self.stats.acked_groups.fetch_add(1, Ordering::Relaxed);
+        if let Some(t) = self.oldest.take() {
+            metrics::histogram!("v2x_ack_lag_seconds").record(t.elapsed().as_secs_f64());
+        }
+        let _ = self.acks.send(std::mem::take(&mut self.tokens));
+        self.pending.clear();
+        true
+    }
+
+    /// When the log has reached its bound: commit open files so it can be truncated, and
+    /// wait (not acknowledging; the broker holds the data) until there is room.
+    fn wait_for_wal_room(&mut self) {
+        let mut warned = false;
+        loop {
+            let bytes = crate::wal::disk_bytes(&self.wal_dir);
+            metrics::gauge!("v2x_wal_bytes").set(bytes as f64);
+            if bytes < self.wal_max_bytes || self.draining.load(Ordering::SeqCst) {
+                if warned {
+                    tracing::info!(bytes, "write-ahead log below its bound again");
+                    self.stats.wal_full.store(false, Ordering::SeqCst);
+                }
+                return;
+            }
+            if !warned {
+                tracing::warn!(
+                    bytes,
+                    bound = self.wal_max_bytes,
+                    "write-ahead log at its bound: committing open files, not acknowledging meanwhile"
+                );
+                self.stats.wal_full.store(true, Ordering::SeqCst);
+                warned = true;
+                if self.writer.send(WriterMsg::CommitAll).is_err() {
                     return;
                 }
             }
-            // Rows are with the writer: release the tokens, in arrival order.
-            let _ = acks.send(std::mem::take(&mut tokens));
-            oldest = None;
+            std::thread::sleep(Duration::from_millis(200));
         }
-        if stopping {
-            let _ = writer.send(WriterMsg::Close);
-            return;
+    }
+
+    fn run(mut self, rx: Receiver<Message>, batch_messages: usize, max_delay: Duration) {
+        let mut since_room_check = 0usize;
+        loop {
+            let wait = match self.oldest {
+                Some(t) => max_delay.saturating_sub(t.elapsed()),
+                None => max_delay,
+            };
+            let mut channel_empty = false;
+            let mut disconnected = false;
+            match rx.recv_timeout(wait) {
+                Ok(m) => {
+                    self.handle(m);
+                    while self.tokens.len() < batch_messages {
+                        match rx.try_recv() {
+                            Ok(m) => self.handle(m),
+                            Err(TryRecvError::Empty) => {
+                                channel_empty = true;
+                                break;
+                            }
+                            Err(TryRecvError::Disconnected) => {
+                                disconnected = true;
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => channel_empty = true,
+                Err(RecvTimeoutError::Disconnected) => disconnected = true,
+            }
+            let due = self.oldest.is_some_and(|t| t.elapsed() >= max_delay);
+            let stopping = disconnected || (self.draining.load(Ordering::SeqCst) && channel_empty);
+            // Flushing whenever the channel runs dry keeps acks prompt under light load (the
+            // broker's in-flight window may be as small as 20); under load batches fill up.
+            if (self.tokens.len() >= batch_messages || due || stopping || channel_empty)
+                && !self.flush()
+            {
+                break;
+            }
+            since_room_check += 1;
+            if since_room_check >= 16 {
+                since_room_check = 0;
+                self.wait_for_wal_room();
+            }
+            if stopping {
+                break;
+            }
         }
+        let _ = self.writer.send(WriterMsg::Close);
     }
 }
 
@@ -352,11 +629,24 @@ fn writer_loop(
             .rows_committed
             .store(s.rows_committed, Ordering::Relaxed);
     };
+    let tick_every = Duration::from_millis(500);
+    let mut last_tick = Instant::now();
     loop {
-        match rx.recv_timeout(Duration::from_millis(500)) {
-            Ok(WriterMsg::Batch(b)) => writer.push(b),
+        match rx.recv_timeout(tick_every) {
+            Ok(WriterMsg::Batch(batch)) => writer.push(batch),
+            Ok(WriterMsg::Progress(next)) => writer.progress(next),
+            Ok(WriterMsg::CommitAll) => {
+                if let Err(e) = writer.commit_all() {
+                    tracing::error!(error = %e, "commit to free the write-ahead log failed");
+                }
+            }
             Ok(WriterMsg::Close) | Err(RecvTimeoutError::Disconnected) => break,
-            Err(RecvTimeoutError::Timeout) => writer.tick(),
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        // Age-based rotation and the checkpoint run on time, busy or not.
+        if last_tick.elapsed() >= tick_every {
+            last_tick = Instant::now();
+            writer.tick();
         }
         publish(&writer);
     }

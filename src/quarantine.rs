@@ -110,7 +110,17 @@ pub fn schema() -> SchemaRef {
         Field::new("payload", DataType::Binary, false),
         Field::new("payload_bytes", DataType::Int64, false),
         Field::new("payload_truncated", DataType::Boolean, false),
+        Field::new("msg_uid", DataType::Utf8, false),
     ]))
+}
+
+/// The message a quarantine row is about.
+pub struct Quarantined<'a> {
+    pub recv_us: i64,
+    pub topic: &'a str,
+    pub kind: Option<&'a str>,
+    pub payload: &'a [u8],
+    pub msg_uid: &'a str,
 }
 
 /// Accumulates quarantine rows for one receive hour.
@@ -124,28 +134,22 @@ pub struct QuarantineBuilder {
     payload: BinaryBuilder,
     payload_bytes: Int64Builder,
     truncated: BooleanBuilder,
+    msg_uid: StringBuilder,
 }
 
 impl QuarantineBuilder {
-    pub fn push(
-        &mut self,
-        recv_us: i64,
-        topic: &str,
-        kind: Option<&str>,
-        payload: &[u8],
-        keep_bytes: usize,
-        rejection: &Rejection,
-    ) {
-        self.recv_ts.push(recv_us);
+    pub fn push(&mut self, m: &Quarantined<'_>, keep_bytes: usize, rejection: &Rejection) {
+        self.recv_ts.push(m.recv_us);
         // The topic of a hostile message can be anything; store it, never use it as a path.
-        self.topic.append_value(topic);
+        self.topic.append_value(m.topic);
         self.reason.append_value(rejection.reason.as_str());
         self.error.append_value(&rejection.detail);
-        self.kind.append_option(kind);
-        let kept = &payload[..payload.len().min(keep_bytes)];
+        self.kind.append_option(m.kind);
+        let kept = &m.payload[..m.payload.len().min(keep_bytes)];
         self.payload.append_value(kept);
-        self.payload_bytes.append_value(payload.len() as i64);
-        self.truncated.append_value(kept.len() < payload.len());
+        self.payload_bytes.append_value(m.payload.len() as i64);
+        self.truncated.append_value(kept.len() < m.payload.len());
+        self.msg_uid.append_value(m.msg_uid);
     }
 
     pub fn len(&self) -> usize {
@@ -168,6 +172,7 @@ impl QuarantineBuilder {
             Arc::new(self.payload.finish()),
             Arc::new(self.payload_bytes.finish()),
             Arc::new(self.truncated.finish()),
+            Arc::new(self.msg_uid.finish()),
         ];
         RecordBatch::try_new(schema(), columns).expect("quarantine columns match their schema")
     }

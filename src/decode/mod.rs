@@ -498,14 +498,18 @@ impl Decoder {
         }
         tracing::debug!(topic = %topic.escape_debug(), reason = %r.reason, error = %r.detail, "quarantined");
         let hour = recv_us.div_euclid(US_PER_HOUR) * US_PER_HOUR;
-        self.quarantine.entry(hour).or_default().push(
+        let uid_hex = msg_uid_hex(topic, payload);
+        let m = crate::quarantine::Quarantined {
             recv_us,
             topic,
             kind,
             payload,
-            self.settings.quarantine_keep_bytes,
-            &r,
-        );
+            msg_uid: std::str::from_utf8(&uid_hex).unwrap_or_default(),
+        };
+        self.quarantine
+            .entry(hour)
+            .or_default()
+            .push(&m, self.settings.quarantine_keep_bytes, &r);
         self.pending_rows += 1;
         Outcome::Quarantined(r.reason)
     }
@@ -663,13 +667,18 @@ pub fn msg_uid(topic: &str, payload: &[u8]) -> String {
     String::from_utf8_lossy(&msg_uid_hex(topic, payload)).into_owned()
 }
 
-/// [`msg_uid`] without allocating.
-fn msg_uid_hex(topic: &str, payload: &[u8]) -> [u8; 32] {
+/// The 128-bit value behind [`msg_uid`].
+pub fn msg_uid_u128(topic: &str, payload: &[u8]) -> u128 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     h.update(topic.as_bytes());
     h.update(&[0]);
     h.update(payload);
-    let v = h.digest128();
+    h.digest128()
+}
+
+/// [`msg_uid`] without allocating.
+fn msg_uid_hex(topic: &str, payload: &[u8]) -> [u8; 32] {
+    let v = msg_uid_u128(topic, payload);
     let mut out = [0u8; 32];
     for (i, b) in out.iter_mut().enumerate() {
         let nibble = ((v >> (124 - 4 * i)) & 0xf) as u8;

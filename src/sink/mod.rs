@@ -1,9 +1,19 @@
 //! Sink: decoded batches -> one open file per (table, event hour) -> committed Parquet.
 //!
-//! An open file is held as Arrow batches until it rotates (rows, bytes or age) or the
-//! collector stops; then its rows are sorted by (source_id, event_ts), written to a temporary
-//! name, fsynced, renamed into `<data>/<table>/date=YYYY-MM-DD/hour=HH/` and the directory is
-//! fsynced. Readers never see a partial file: temporary names start with `.` and end in `.tmp`.
+//! Open files are held as Arrow batches. When any of them is full (rows), the buffered data
+//! reaches its bound (bytes), the oldest is old enough (age), too many are open, or the
+//! collector stops, **all** open files are committed together as one commit set:
+//!
+//! 1. each is sorted by (source_id, event_ts), written to `.<name>.tmp` and fsynced;
+//! 2. a manifest (`<wal>/commit-manifest`) naming the renames and the new WAL checkpoint is
+//!    made durable;
+//! 3. the files are renamed to their final names and their directories fsynced;
+//! 4. the checkpoint is made durable (WAL segments wholly below it are deleted), then the
+//!    manifest is removed.
+//!
+//! A crash before 2 leaves only temporary files (removed at start; the WAL replays their
+//! rows); a crash after 2 is completed at start from the manifest. So after recovery every
+//! WAL record is either in the dataset or replayed, never both.
 
 pub mod parquet_file;
 
@@ -28,6 +38,8 @@ pub enum SinkError {
     },
     #[error(transparent)]
     Commit(#[from] CommitError),
+    #[error("commit manifest {path}: {reason}")]
+    Manifest { path: PathBuf, reason: String },
 }
 
 /// Rotation and layout settings.
@@ -35,11 +47,16 @@ pub enum SinkError {
 pub struct WriterSettings {
     pub data_dir: PathBuf,
     pub collector_id: String,
+    /// Commit when one open file holds this many rows.
     pub max_rows: usize,
+    /// Commit when the open files together buffer this many bytes of Arrow data.
     pub max_bytes: usize,
+    /// Commit when the oldest open file is this old.
     pub max_age: Duration,
     pub max_open_files: usize,
     pub file: FileSettings,
+    /// Where the checkpoint and the commit manifest live (the WAL directory).
+    pub wal_dir: Option<PathBuf>,
 }
 
 struct OpenFile {
@@ -83,14 +100,23 @@ pub struct SinkStats {
 pub struct PartitionWriter {
     settings: WriterSettings,
     open: HashMap<(Arc<str>, i64), OpenFile>,
+    buffered_bytes: usize,
     seq: Sequence,
     stats: SinkStats,
     schemas: HashMap<String, String>,
+    /// Every WAL record below this has been handed to the writer.
+    next_lsn: u64,
+    /// The last checkpoint made durable.
+    checkpoint: u64,
+    /// After a failed commit, no new attempt before this.
+    retry_at: Option<(Instant, Duration)>,
 }
 
+const MANIFEST: &str = "commit-manifest";
+
 impl PartitionWriter {
-    /// Creates the data directory, writes each kind's `_schema.json`, and removes temporary
-    /// files left by a previous run.
+    /// Creates the data directory, completes a commit set interrupted by a crash, removes
+    /// temporary files left by an earlier run and writes each kind's `_schema.json`.
     pub fn new(
         settings: WriterSettings,
         kinds: &[KindSchema],
@@ -100,6 +126,17 @@ impl PartitionWriter {
             source,
         };
         std::fs::create_dir_all(&settings.data_dir).map_err(|e| prep(&settings.data_dir, e))?;
+        let mut checkpoint = 0;
+        if let Some(wal_dir) = &settings.wal_dir {
+            std::fs::create_dir_all(wal_dir).map_err(|e| prep(wal_dir, e))?;
+            if let Some(cp) = complete_manifest(wal_dir, &settings.data_dir)? {
+                tracing::info!(checkpoint = cp, "completed a commit interrupted by a crash");
+            }
+            checkpoint = crate::wal::read_checkpoint(wal_dir).map_err(|e| SinkError::Manifest {
+                path: wal_dir.clone(),
+                reason: e.to_string(),
+            })?;
+        }
         let removed =
             remove_tmp_leftovers(&settings.data_dir).map_err(|e| prep(&settings.data_dir, e))?;
         if removed > 0 {
@@ -117,9 +154,13 @@ impl PartitionWriter {
         Ok(PartitionWriter {
             settings,
             open: HashMap::new(),
+            buffered_bytes: 0,
             seq: Sequence::new(),
             stats: SinkStats::default(),
             schemas,
+            next_lsn: checkpoint,
+            checkpoint,
+            retry_at: None,
         })
     }
 
@@ -131,119 +172,279 @@ impl PartitionWriter {
         self.open.len()
     }
 
-    /// Adds decoded rows to their partition's open file, committing it if it is full.
+    /// The durable checkpoint: every WAL record below it is in committed files.
+    pub fn checkpoint(&self) -> u64 {
+        self.checkpoint
+    }
+
+    /// Records that every WAL record below `next_lsn` has been handed over.
+    pub fn progress(&mut self, next_lsn: u64) {
+        self.next_lsn = self.next_lsn.max(next_lsn);
+    }
+
+    /// Adds decoded rows to their partition's open file; commits the set when a bound is hit.
     pub fn push(&mut self, b: Batch) {
         if b.batch.num_rows() == 0 {
             return;
         }
         let key = (b.table, b.hour_us);
-        let f = self.open.entry(key.clone()).or_insert_with(|| OpenFile {
+        let f = self.open.entry(key).or_insert_with(|| OpenFile {
             batches: Vec::new(),
             rows: 0,
             bytes: 0,
             opened: Instant::now(),
         });
+        let bytes = b.batch.get_array_memory_size();
         f.rows += b.batch.num_rows();
-        f.bytes += b.batch.get_array_memory_size();
+        f.bytes += bytes;
         f.batches.push(b.batch);
-        if f.rows >= self.settings.max_rows || f.bytes >= self.settings.max_bytes {
-            self.commit(&key);
-        }
-        while self.open.len() > self.settings.max_open_files {
-            let oldest = self
-                .open
-                .iter()
-                .min_by_key(|(_, f)| f.opened)
-                .map(|(k, _)| k.clone());
-            match oldest {
-                Some(k) => {
-                    if !self.commit(&k) {
-                        break;
-                    }
-                }
-                None => break,
-            }
+        let full = f.rows >= self.settings.max_rows;
+        self.buffered_bytes += bytes;
+        if full
+            || self.buffered_bytes >= self.settings.max_bytes
+            || self.open.len() > self.settings.max_open_files
+        {
+            self.try_commit_all();
         }
         metrics::gauge!("v2x_sink_files_open").set(self.open.len() as f64);
     }
 
-    /// Commits the files that have been open longer than `max_age`.
+    /// Commits when the oldest open file has reached `max_age`; retries a failed commit.
     pub fn tick(&mut self) {
-        let due: Vec<_> = self
-            .open
-            .iter()
-            .filter(|(_, f)| f.opened.elapsed() >= self.settings.max_age)
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in due {
-            self.commit(&k);
+        let oldest = self.open.values().map(|f| f.opened).min();
+        if oldest.is_some_and(|t| t.elapsed() >= self.settings.max_age) {
+            self.try_commit_all();
+        } else if self.open.is_empty() && self.next_lsn > self.checkpoint {
+            // Nothing buffered (say, only empty messages arrived): advance the checkpoint.
+            self.try_commit_all();
         }
         metrics::gauge!("v2x_sink_files_open").set(self.open.len() as f64);
     }
 
-    /// Commits every open file. Returns how many could not be committed.
+    /// Commits everything now (shutdown, WAL at its bound). Returns how many open files could
+    /// not be committed.
     pub fn close(&mut self) -> usize {
-        let keys: Vec<_> = self.open.keys().cloned().collect();
-        let mut failed = 0;
-        for k in keys {
-            if !self.commit(&k) {
-                failed += 1;
+        self.retry_at = None;
+        match self.commit_all() {
+            Ok(()) => 0,
+            Err(e) => {
+                tracing::error!(error = %e, "final commit failed; the WAL still holds those rows");
+                self.open.len()
             }
         }
-        failed
     }
 
-    /// Writes one open file. On failure the rows stay open and are retried on the next tick.
-    fn commit(&mut self, key: &(Arc<str>, i64)) -> bool {
-        let Some(file) = self.open.remove(key) else {
-            return true;
-        };
-        let (table, hour_us) = key;
-        let dir = partition_dir(&self.settings.data_dir, table, *hour_us);
-        let name = format!(
-            "{}-{:020}.parquet",
-            self.settings.collector_id,
-            self.seq.take()
-        );
-        let sort: &[&str] = if &**table == crate::quarantine::TABLE {
-            &["recv_ts"]
+    fn try_commit_all(&mut self) {
+        if let Some((at, _)) = self.retry_at
+            && Instant::now() < at
+        {
+            return;
+        }
+        if let Err(e) = self.commit_all() {
+            self.stats.commit_errors += 1;
+            metrics::counter!("v2x_sink_commit_errors_total").increment(1);
+            let backoff = self.retry_at.map_or(Duration::from_millis(200), |(_, b)| {
+                (b * 2).min(Duration::from_secs(10))
+            });
+            self.retry_at = Some((Instant::now() + backoff, backoff));
+            tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "commit failed; rows kept and retried");
         } else {
-            &["source_id", "event_ts"]
-        };
-        let started = Instant::now();
-        let result = parquet_file::commit(
-            &dir,
-            &name,
-            &file.batches,
-            sort,
-            self.schemas.get(&**table).map(String::as_str),
-            &self.settings.file,
-        );
-        match result {
-            Ok(done) => {
-                let secs = started.elapsed().as_secs_f64();
-                metrics::histogram!("v2x_sink_commit_seconds").record(secs);
-                metrics::counter!("v2x_sink_files_committed_total", "kind" => table.to_string())
-                    .increment(1);
-                metrics::counter!("v2x_sink_rows_written_total", "kind" => table.to_string())
-                    .increment(done.rows as u64);
-                metrics::counter!("v2x_sink_bytes_written_total", "kind" => table.to_string())
-                    .increment(done.bytes);
-                self.stats.files_committed += 1;
-                self.stats.rows_committed += done.rows as u64;
-                self.stats.bytes_committed += done.bytes;
-                tracing::debug!(path = %done.path.display(), rows = done.rows, bytes = done.bytes, "committed");
-                true
-            }
-            Err(e) => {
-                self.stats.commit_errors += 1;
-                metrics::counter!("v2x_sink_commit_errors_total").increment(1);
-                tracing::error!(table = %table, error = %e, "commit failed; rows kept in memory and retried");
-                self.open.insert(key.clone(), file);
-                false
-            }
+            self.retry_at = None;
         }
     }
+
+    /// Commits every open file as one set and advances the WAL checkpoint.
+    pub fn commit_all(&mut self) -> Result<(), SinkError> {
+        let started = Instant::now();
+        if let Some(wal_dir) = &self.settings.wal_dir {
+            // A set interrupted at runtime (say, a failed rename) is finished first.
+            if let Some(cp) = complete_manifest(wal_dir, &self.settings.data_dir)? {
+                self.checkpoint = self.checkpoint.max(cp);
+            }
+        }
+        let checkpoint = self.next_lsn;
+        let mut written: Vec<(Arc<str>, parquet_file::TmpFile)> = Vec::new();
+        let mut keys: Vec<_> = self.open.keys().cloned().collect();
+        keys.sort();
+        for key in &keys {
+            let f = &self.open[key];
+            let (table, hour_us) = key;
+            let dir = partition_dir(&self.settings.data_dir, table, *hour_us);
+            let name = format!(
+                "{}-{:020}.parquet",
+                self.settings.collector_id,
+                self.seq.take()
+            );
+            let sort: &[&str] = if &**table == crate::quarantine::TABLE {
+                &["recv_ts"]
+            } else {
+                &["source_id", "event_ts"]
+            };
+            let schema = self.schemas.get(&**table).map(String::as_str);
+            match parquet_file::write_tmp(
+                &dir,
+                &name,
+                &f.batches,
+                sort,
+                schema,
+                &self.settings.file,
+            ) {
+                Ok(t) => written.push((table.clone(), t)),
+                Err(e) => {
+                    for (_, t) in &written {
+                        let _ = std::fs::remove_file(&t.tmp);
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
+        let fail = |written: &[(Arc<str>, parquet_file::TmpFile)], e: SinkError| {
+            for (_, t) in written {
+                let _ = std::fs::remove_file(&t.tmp);
+            }
+            Err(e)
+        };
+        if let Some(wal_dir) = &self.settings.wal_dir {
+            let manifest = manifest_text(
+                checkpoint,
+                &self.settings.data_dir,
+                written.iter().map(|(_, t)| t),
+            );
+            if let Err(e) = parquet_file::write_atomic(&wal_dir.join(MANIFEST), manifest.as_bytes())
+            {
+                return fail(
+                    &written,
+                    SinkError::Manifest {
+                        path: wal_dir.join(MANIFEST),
+                        reason: e.to_string(),
+                    },
+                );
+            }
+            crate::failpoint::hit("after_manifest");
+        }
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for (_, t) in &written {
+            parquet_file::publish(t)?;
+            crate::failpoint::hit("after_rename");
+            if let Some(d) = t.path.parent()
+                && !dirs.iter().any(|x| x == d)
+            {
+                dirs.push(d.to_owned());
+            }
+        }
+        for d in &dirs {
+            parquet_file::sync_dir(d).map_err(|source| CommitError::Io {
+                step: "fsync of directory",
+                path: d.clone(),
+                source,
+            })?;
+        }
+        if let Some(wal_dir) = &self.settings.wal_dir {
+            crate::failpoint::hit("before_checkpoint");
+            finish_manifest(wal_dir, checkpoint)?;
+            self.checkpoint = checkpoint;
+            metrics::gauge!("v2x_wal_checkpoint_lsn").set(checkpoint as f64);
+        }
+        for (table, t) in &written {
+            metrics::counter!("v2x_sink_files_committed_total", "kind" => table.to_string())
+                .increment(1);
+            metrics::counter!("v2x_sink_rows_written_total", "kind" => table.to_string())
+                .increment(t.rows as u64);
+            metrics::counter!("v2x_sink_bytes_written_total", "kind" => table.to_string())
+                .increment(t.bytes);
+            self.stats.files_committed += 1;
+            self.stats.rows_committed += t.rows as u64;
+            self.stats.bytes_committed += t.bytes;
+            tracing::debug!(path = %t.path.display(), rows = t.rows, bytes = t.bytes, "committed");
+        }
+        self.open.clear();
+        self.buffered_bytes = 0;
+        metrics::histogram!("v2x_sink_commit_seconds").record(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+}
+
+fn manifest_text<'a>(
+    checkpoint: u64,
+    data_dir: &Path,
+    files: impl Iterator<Item = &'a parquet_file::TmpFile>,
+) -> String {
+    let mut text = format!("checkpoint {checkpoint}\n");
+    for t in files {
+        let rel = |p: &Path| p.strip_prefix(data_dir).unwrap_or(p).display().to_string();
+        text.push_str(&format!("{}\t{}\n", rel(&t.tmp), rel(&t.path)));
+    }
+    text
+}
+
+/// Makes the checkpoint durable (deleting WAL segments below it), then drops the manifest.
+fn finish_manifest(wal_dir: &Path, checkpoint: u64) -> Result<(), SinkError> {
+    let err = |reason: String| SinkError::Manifest {
+        path: wal_dir.join(MANIFEST),
+        reason,
+    };
+    let deleted =
+        crate::wal::write_checkpoint(wal_dir, checkpoint).map_err(|e| err(e.to_string()))?;
+    if deleted > 0 {
+        metrics::counter!("v2x_wal_segments_deleted_total").increment(deleted as u64);
+    }
+    match std::fs::remove_file(wal_dir.join(MANIFEST)) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e.to_string())),
+    }
+    parquet_file::sync_dir(wal_dir).map_err(|e| err(e.to_string()))
+}
+
+/// Finishes a commit set whose manifest is durable: renames what is still temporary, then
+/// writes its checkpoint. Returns that checkpoint, or `None` when there was no manifest.
+pub fn complete_manifest(wal_dir: &Path, data_dir: &Path) -> Result<Option<u64>, SinkError> {
+    let path = wal_dir.join(MANIFEST);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(SinkError::Manifest {
+                path,
+                reason: e.to_string(),
+            });
+        }
+    };
+    let bad = |reason: &str| SinkError::Manifest {
+        path: path.clone(),
+        reason: reason.to_string(),
+    };
+    let mut lines = text.lines();
+    let checkpoint = lines
+        .next()
+        .and_then(|l| l.strip_prefix("checkpoint "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or_else(|| bad("no checkpoint line"))?;
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let (tmp, fin) = line.split_once('\t').ok_or_else(|| bad("malformed line"))?;
+        let (tmp, fin) = (data_dir.join(tmp), data_dir.join(fin));
+        if tmp.exists() {
+            std::fs::rename(&tmp, &fin)
+                .map_err(|e| bad(&format!("renaming {}: {e}", tmp.display())))?;
+        } else if !fin.exists() {
+            return Err(bad(&format!(
+                "neither {} nor {} exists",
+                tmp.display(),
+                fin.display()
+            )));
+        }
+        if let Some(d) = fin.parent()
+            && !dirs.iter().any(|x| x == d)
+        {
+            dirs.push(d.to_owned());
+        }
+    }
+    for d in &dirs {
+        parquet_file::sync_dir(d).map_err(|e| bad(&e.to_string()))?;
+    }
+    finish_manifest(wal_dir, checkpoint)?;
+    Ok(Some(checkpoint))
 }
 
 /// `<data>/<table>/date=YYYY-MM-DD/hour=HH`, from the hour's start time. The table name is a

@@ -46,6 +46,15 @@ pub struct CommittedFile {
     pub bytes: u64,
 }
 
+/// A fully written and fsynced temporary file, not yet visible to readers.
+#[derive(Debug)]
+pub struct TmpFile {
+    pub tmp: PathBuf,
+    pub path: PathBuf,
+    pub rows: usize,
+    pub bytes: u64,
+}
+
 /// Sorts `batches` by `sort` columns and commits them as `dir/name`.
 pub fn commit(
     dir: &Path,
@@ -55,6 +64,30 @@ pub fn commit(
     schema_json: Option<&str>,
     settings: &FileSettings,
 ) -> Result<CommittedFile, CommitError> {
+    let t = write_tmp(dir, name, batches, sort, schema_json, settings)?;
+    publish(&t)?;
+    sync_dir(dir).map_err(|source| CommitError::Io {
+        step: "fsync of directory",
+        path: dir.to_owned(),
+        source,
+    })?;
+    Ok(CommittedFile {
+        path: t.path,
+        rows: t.rows,
+        bytes: t.bytes,
+    })
+}
+
+/// Sorts and encodes `batches` into `dir/.<name>.tmp` and fsyncs it. The caller publishes it
+/// with [`publish`] (rename) and fsyncs the directory.
+pub fn write_tmp(
+    dir: &Path,
+    name: &str,
+    batches: &[RecordBatch],
+    sort: &[&str],
+    schema_json: Option<&str>,
+    settings: &FileSettings,
+) -> Result<TmpFile, CommitError> {
     let final_path = dir.join(name);
     let arrow_err = |source| CommitError::Arrow {
         path: final_path.clone(),
@@ -112,26 +145,15 @@ pub fn commit(
         };
         let mut writer = ArrowWriter::try_new(file, sorted.schema(), Some(props)).map_err(pq)?;
         writer.write(&sorted).map_err(pq)?;
+        crate::failpoint::hit("mid_parquet");
         // into_inner writes the footer and hands the file back for fsync.
         let file = writer.into_inner().map_err(pq)?;
         file.sync_all().map_err(|e| io("fsync", e))?;
-        let bytes = file.metadata().map(|m| m.len()).unwrap_or(0);
-        drop(file);
-        if final_path.exists() {
-            return Err(io(
-                "refusing to overwrite",
-                std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    final_path.display().to_string(),
-                ),
-            ));
-        }
-        std::fs::rename(&tmp, &final_path).map_err(|e| io("renaming", e))?;
-        sync_dir(dir).map_err(|e| io("fsync of directory", e))?;
-        Ok(bytes)
+        Ok(file.metadata().map(|m| m.len()).unwrap_or(0))
     })();
     match result {
-        Ok(bytes) => Ok(CommittedFile {
+        Ok(bytes) => Ok(TmpFile {
+            tmp,
             path: final_path,
             rows: sorted.num_rows(),
             bytes,
@@ -141,6 +163,25 @@ pub fn commit(
             Err(e)
         }
     }
+}
+
+/// Renames a written temporary file to its final name (never over an existing file).
+pub fn publish(t: &TmpFile) -> Result<(), CommitError> {
+    let io = |step, source| CommitError::Io {
+        step,
+        path: t.tmp.clone(),
+        source,
+    };
+    if t.path.exists() {
+        return Err(io(
+            "refusing to overwrite",
+            std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                t.path.display().to_string(),
+            ),
+        ));
+    }
+    std::fs::rename(&t.tmp, &t.path).map_err(|e| io("renaming", e))
 }
 
 /// Writes a small file atomically (tmp, fsync, rename, fsync directory).
@@ -159,7 +200,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     sync_dir(dir)
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

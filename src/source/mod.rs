@@ -16,6 +16,8 @@ pub struct Message {
     pub payload: Bytes,
     /// Receive time, microseconds since the epoch (UTC).
     pub recv_us: i64,
+    /// The broker marked it as a redelivery (MQTT DUP flag).
+    pub dup: bool,
     pub ack: AckToken,
 }
 

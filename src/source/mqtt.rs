@@ -158,6 +158,7 @@ fn on_publish(
     payload: bytes::Bytes,
     pkid: u16,
     qos: u8,
+    dup: bool,
 ) {
     if !state.accepting.load(Ordering::Relaxed) {
         // Shutting down: not acked, so the broker will deliver it again.
@@ -168,6 +169,7 @@ fn on_publish(
         topic,
         payload,
         recv_us: now_us(),
+        dup,
         ack: AckToken {
             epoch: state.epoch.load(Ordering::SeqCst),
             pkid,
@@ -246,7 +248,7 @@ macro_rules! client_impl {
                                 Ok(r::Event::Incoming(p::Packet::Publish(pb))) => {
                                     let qos = pb.qos as u8;
                                     let topic = topic_string(pb.topic);
-                                    on_publish(&state, &out, topic, pb.payload, pb.pkid, qos);
+                                    on_publish(&state, &out, topic, pb.payload, pb.pkid, qos, pb.dup);
                                 }
                                 Ok(_) => {}
                                 Err(e) => {
