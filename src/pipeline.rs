@@ -279,10 +279,13 @@ fn log_stats(source: &mqtt::SourceState, stats: &Stats) {
     tracing::info!(
         connected = source.connected.load(Ordering::Relaxed),
         received = source.received.load(Ordering::Relaxed),
+        redelivered = source.redelivered.load(Ordering::Relaxed),
         acked = source.acked.load(Ordering::Relaxed),
         decoded = stats.decoded_messages.load(Ordering::Relaxed),
         rows = stats.rows.load(Ordering::Relaxed),
         quarantined = stats.quarantined.load(Ordering::Relaxed),
+        dedup_hits = stats.dedup_hits.load(Ordering::Relaxed),
+        recovered = stats.recovered_records.load(Ordering::Relaxed),
         files_committed = stats.files_committed.load(Ordering::Relaxed),
         rows_committed = stats.rows_committed.load(Ordering::Relaxed),
         "ingest stats"
@@ -333,6 +336,9 @@ fn recover(
                 for b in decoder.take_batches() {
                     writer.push(b);
                 }
+                // Every record up to this one is handed over: a boundary where the writer
+                // may commit, so a long replay does not pile up in memory.
+                writer.progress(r.lsn + 1);
                 in_chunk = 0;
             }
         }
@@ -635,11 +641,7 @@ fn writer_loop(
         match rx.recv_timeout(tick_every) {
             Ok(WriterMsg::Batch(batch)) => writer.push(batch),
             Ok(WriterMsg::Progress(next)) => writer.progress(next),
-            Ok(WriterMsg::CommitAll) => {
-                if let Err(e) = writer.commit_all() {
-                    tracing::error!(error = %e, "commit to free the write-ahead log failed");
-                }
-            }
+            Ok(WriterMsg::CommitAll) => writer.request_commit(),
             Ok(WriterMsg::Close) | Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) => {}
         }

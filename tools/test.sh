@@ -22,4 +22,4 @@ fi
 # Debian installs the broker binary in /usr/sbin, which is not on every user's PATH.
 export PATH="$PATH:/usr/sbin"
 
-cargo test "$@"
+cargo test --features failpoints "$@"

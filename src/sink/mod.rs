@@ -110,6 +110,11 @@ pub struct PartitionWriter {
     checkpoint: u64,
     /// After a failed commit, no new attempt before this.
     retry_at: Option<(Instant, Duration)>,
+    /// A bound was hit; commit at the next group boundary.
+    want_commit: bool,
+    /// Rows of a group arrived and its `progress` has not: the open files hold part of a
+    /// group, so a commit now could not name an exact checkpoint.
+    in_group: bool,
 }
 
 const MANIFEST: &str = "commit-manifest";
@@ -161,6 +166,8 @@ impl PartitionWriter {
             next_lsn: checkpoint,
             checkpoint,
             retry_at: None,
+            want_commit: false,
+            in_group: false,
         })
     }
 
@@ -177,9 +184,22 @@ impl PartitionWriter {
         self.checkpoint
     }
 
-    /// Records that every WAL record below `next_lsn` has been handed over.
+    /// Records that every WAL record below `next_lsn` has been handed over: a group
+    /// boundary, where a commit may happen.
     pub fn progress(&mut self, next_lsn: u64) {
         self.next_lsn = self.next_lsn.max(next_lsn);
+        self.in_group = false;
+        if self.want_commit {
+            self.try_commit_all();
+        }
+    }
+
+    /// Asks for a commit at the next group boundary (now, if between groups).
+    pub fn request_commit(&mut self) {
+        self.want_commit = true;
+        if !self.in_group {
+            self.try_commit_all();
+        }
     }
 
     /// Adds decoded rows to their partition's open file; commits the set when a bound is hit.
@@ -188,6 +208,7 @@ impl PartitionWriter {
             return;
         }
         let key = (b.table, b.hour_us);
+        self.in_group = true;
         let f = self.open.entry(key).or_insert_with(|| OpenFile {
             batches: Vec::new(),
             rows: 0,
@@ -204,7 +225,8 @@ impl PartitionWriter {
             || self.buffered_bytes >= self.settings.max_bytes
             || self.open.len() > self.settings.max_open_files
         {
-            self.try_commit_all();
+            // Committed at the group's end, so the checkpoint matches the files exactly.
+            self.want_commit = true;
         }
         metrics::gauge!("v2x_sink_files_open").set(self.open.len() as f64);
     }
@@ -212,10 +234,13 @@ impl PartitionWriter {
     /// Commits when the oldest open file has reached `max_age`; retries a failed commit.
     pub fn tick(&mut self) {
         let oldest = self.open.values().map(|f| f.opened).min();
-        if oldest.is_some_and(|t| t.elapsed() >= self.settings.max_age) {
-            self.try_commit_all();
-        } else if self.open.is_empty() && self.next_lsn > self.checkpoint {
-            // Nothing buffered (say, only empty messages arrived): advance the checkpoint.
+        if oldest.is_some_and(|t| t.elapsed() >= self.settings.max_age)
+            || (self.open.is_empty() && self.next_lsn > self.checkpoint)
+        {
+            // (The second case: nothing buffered, say only empty messages arrived; the
+            // checkpoint can still advance.)
+            self.request_commit();
+        } else if self.want_commit && !self.in_group {
             self.try_commit_all();
         }
         metrics::gauge!("v2x_sink_files_open").set(self.open.len() as f64);
@@ -235,6 +260,10 @@ impl PartitionWriter {
     }
 
     fn try_commit_all(&mut self) {
+        if self.in_group {
+            self.want_commit = true;
+            return;
+        }
         if let Some((at, _)) = self.retry_at
             && Instant::now() < at
         {
@@ -250,11 +279,14 @@ impl PartitionWriter {
             tracing::error!(error = %e, retry_in_ms = backoff.as_millis() as u64, "commit failed; rows kept and retried");
         } else {
             self.retry_at = None;
+            self.want_commit = false;
         }
     }
 
-    /// Commits every open file as one set and advances the WAL checkpoint.
+    /// Commits every open file as one set and advances the WAL checkpoint to the last group
+    /// boundary. Callers make sure no group is half handed over.
     pub fn commit_all(&mut self) -> Result<(), SinkError> {
+        debug_assert!(!self.in_group, "commit inside a group");
         let started = Instant::now();
         if let Some(wal_dir) = &self.settings.wal_dir {
             // A set interrupted at runtime (say, a failed rename) is finished first.

@@ -60,6 +60,8 @@ pub struct SourceState {
     /// While false, new publishes are left unacknowledged (the broker redelivers them).
     pub accepting: AtomicBool,
     pub received: AtomicU64,
+    /// Received with the DUP flag (broker redeliveries).
+    pub redelivered: AtomicU64,
     pub acked: AtomicU64,
     pub stale_acks: AtomicU64,
     pub connects: AtomicU64,
@@ -165,6 +167,9 @@ fn on_publish(
         return;
     }
     state.received.fetch_add(1, Ordering::Relaxed);
+    if dup {
+        state.redelivered.fetch_add(1, Ordering::Relaxed);
+    }
     let msg = Message {
         topic,
         payload,

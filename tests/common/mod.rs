@@ -138,6 +138,16 @@ impl Workspace {
 
     /// Starts the collector and waits until its subscriptions are acknowledged.
     pub fn start(&self, extra_config: &str, args: &[&str]) -> Collector {
+        self.start_with_env(extra_config, args, &[])
+    }
+
+    /// As [`Workspace::start`], with extra environment variables.
+    pub fn start_with_env(
+        &self,
+        extra_config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Collector {
         let config = self.config(extra_config);
         let log = self.dir.path().join(format!(
             "collector-{}.log",
@@ -154,6 +164,7 @@ impl Workspace {
             .arg(&config)
             .args(args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(File::create(&log).unwrap())
             .spawn()
@@ -169,6 +180,29 @@ impl Workspace {
 }
 
 impl Collector {
+    /// SIGKILL, as a crash.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Waits for the process to end by itself.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(child) = self.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
