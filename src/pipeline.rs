@@ -65,6 +65,8 @@ pub struct Stats {
     pub dedup_hits: AtomicU64,
     pub acked_groups: AtomicU64,
     pub recovered_records: AtomicU64,
+    /// Messages missed upstream, from message-counter jumps.
+    pub gap_messages: AtomicU64,
     /// The WAL cannot be written: nothing is acknowledged.
     pub unhealthy: AtomicBool,
     /// The WAL is at its bound: nothing is acknowledged until files commit.
@@ -285,6 +287,7 @@ fn log_stats(source: &mqtt::SourceState, stats: &Stats) {
         rows = stats.rows.load(Ordering::Relaxed),
         quarantined = stats.quarantined.load(Ordering::Relaxed),
         dedup_hits = stats.dedup_hits.load(Ordering::Relaxed),
+        gap_messages = stats.gap_messages.load(Ordering::Relaxed),
         recovered = stats.recovered_records.load(Ordering::Relaxed),
         files_committed = stats.files_committed.load(Ordering::Relaxed),
         rows_committed = stats.rows_committed.load(Ordering::Relaxed),
@@ -455,6 +458,9 @@ impl Ingest {
             }
         }
         self.recent.insert(uid);
+        self.stats
+            .gap_messages
+            .store(self.decoder.sequence_gaps().total_missed, Ordering::Relaxed);
         self.tokens.push(m.ack);
         self.pending.push(Pending {
             recv_us: m.recv_us,

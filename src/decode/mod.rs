@@ -31,6 +31,10 @@ pub const US_PER_HOUR: i64 = 3_600_000_000;
 /// A kind's schema, compiled.
 pub struct KindDecoder {
     pub schema: KindSchema,
+    /// Index of the message-counter column and its modulo, when the schema declares one.
+    sequence: Option<(usize, i64)>,
+    gaps: metrics::Counter,
+    gap_messages: metrics::Counter,
     pub arrow: SchemaRef,
     /// Lower-case profile name -> plans (one, or one per part).
     profiles: HashMap<String, Vec<Plan>>,
@@ -56,7 +60,14 @@ impl KindDecoder {
         }
         let arrow = arrow_schema(&schema, unit);
         let kind = schema.kind.clone();
+        let sequence = schema.sequence.as_ref().and_then(|s| {
+            let i = schema.columns.iter().position(|c| c.name == s.column)?;
+            Some((i, s.modulo))
+        });
         Ok(KindDecoder {
+            sequence,
+            gaps: metrics::counter!("v2x_gaps_total", "kind" => kind.clone()),
+            gap_messages: metrics::counter!("v2x_gap_messages_total", "kind" => kind.clone()),
             schema,
             arrow,
             profiles,
@@ -339,6 +350,45 @@ pub struct Decoder {
     quarantine_counters: HashMap<Reason, metrics::Counter>,
     lineage: Vec<u32>,
     pending_rows: usize,
+    sequences: SequenceTracker,
+}
+
+/// Per (kind, source): the last message counter, and the gaps seen.
+#[derive(Debug, Default)]
+pub struct SequenceTracker {
+    last: HashMap<(usize, String), i64>,
+    /// Gap events and messages missed, per (kind, source).
+    pub gaps: HashMap<(usize, String), (u64, u64)>,
+    pub total_missed: u64,
+}
+
+/// Sources tracked at most (a flood of invented source ids cannot grow memory without bound).
+const MAX_TRACKED_SOURCES: usize = 100_000;
+
+impl SequenceTracker {
+    /// Returns how many messages were missed before this one (0 when in order or repeated).
+    fn observe(&mut self, kind: usize, source: &str, value: i64, modulo: i64) -> u64 {
+        let value = value.rem_euclid(modulo);
+        let key = (kind, source.to_string());
+        let missed = match self.last.get(&key) {
+            None => {
+                if self.last.len() >= MAX_TRACKED_SOURCES {
+                    return 0;
+                }
+                0
+            }
+            Some(&last) if value == last => 0,
+            Some(&last) => ((value - last - 1).rem_euclid(modulo)) as u64,
+        };
+        if missed > 0 {
+            let g = self.gaps.entry(key.clone()).or_default();
+            g.0 += 1;
+            g.1 += missed;
+            self.total_missed += missed;
+        }
+        self.last.insert(key, value);
+        missed
+    }
 }
 
 struct Staged<'a> {
@@ -382,6 +432,7 @@ impl Decoder {
             quarantine_counters,
             lineage: Vec::new(),
             pending_rows: 0,
+            sequences: SequenceTracker::default(),
         })
     }
 
@@ -476,6 +527,7 @@ impl Decoder {
             }
             Ok(staged) => {
                 let rows = staged.events.len();
+                self.track_sequence(kind, &staged);
                 self.append(kind, topic, payload, recv_us, staged);
                 let k = &self.kinds[kind];
                 k.messages.increment(1);
@@ -483,6 +535,38 @@ impl Decoder {
                 Outcome::Filed { kind, rows }
             }
         }
+    }
+
+    /// Message-counter jumps per source become a metric and a log line.
+    fn track_sequence(&mut self, kind: usize, s: &Staged) {
+        let Some((col, modulo)) = self.kinds[kind].sequence else {
+            return;
+        };
+        let ncols = self.kinds[kind].schema.columns.len();
+        if s.events.is_empty() || ncols == 0 {
+            return;
+        }
+        let Some(Cell::I64(v)) = s.cells.get(col) else {
+            return;
+        };
+        let missed = self.sequences.observe(kind, &s.source_id, *v, modulo);
+        if missed > 0 {
+            let k = &self.kinds[kind];
+            k.gaps.increment(1);
+            k.gap_messages.increment(missed);
+            tracing::warn!(
+                kind = %k.schema.kind,
+                source_id = %s.source_id,
+                missed,
+                counter = *v,
+                "message counter jumped: messages lost upstream"
+            );
+        }
+    }
+
+    /// Gaps seen so far: (kind, source) -> (gap events, messages missed).
+    pub fn sequence_gaps(&self) -> &SequenceTracker {
+        &self.sequences
     }
 
     fn reject(

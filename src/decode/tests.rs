@@ -547,3 +547,32 @@ fn rows_split_by_event_hour() {
         vec![us("2022-09-29T03:00:00Z"), us("2022-09-29T04:00:00Z")]
     );
 }
+
+#[test]
+fn message_counter_jumps_are_counted_per_source() {
+    let mut d = decoder();
+    let recv = us("2026-11-28T10:00:00Z");
+    let bsm = |cnt: i64| format!(r#"{{"msgCnt":{cnt},"secMark":1000,"pos":{{"lat":1,"long":1}}}}"#);
+    // car-1: 125, 126, 127, 0 (wrap), 1, then 5 (3 lost), 5 again (a repeat, not a gap).
+    for cnt in [125, 126, 127, 0, 1, 5, 5] {
+        d.decode("V2X/OBU/car-1/BSM/UP", bsm(cnt).as_bytes(), recv);
+    }
+    // car-2 interleaved, in order: no gap.
+    for cnt in [7, 8, 9] {
+        d.decode("V2X/OBU/car-2/BSM/UP", bsm(cnt).as_bytes(), recv);
+    }
+    // car-3: 120 then 10: 17 lost across the wrap.
+    for cnt in [120, 10] {
+        d.decode("V2X/OBU/car-3/BSM/UP", bsm(cnt).as_bytes(), recv);
+    }
+    let k = d
+        .kinds()
+        .iter()
+        .position(|k| k.schema.kind == "bsm")
+        .unwrap();
+    let gaps = &d.sequence_gaps().gaps;
+    assert_eq!(gaps.get(&(k, "car-1".to_string())), Some(&(1, 3)));
+    assert_eq!(gaps.get(&(k, "car-2".to_string())), None);
+    assert_eq!(gaps.get(&(k, "car-3".to_string())), Some(&(1, 17)));
+    assert_eq!(d.sequence_gaps().total_missed, 20);
+}

@@ -227,6 +227,14 @@ pub struct ProfileDef {
     pub fields: BTreeMap<String, FieldSpec>,
 }
 
+/// A message counter column, such as BSM `msgCnt` (0..127, wrapping).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SequenceDef {
+    pub column: String,
+    pub modulo: i64,
+}
+
 /// A kind's schema file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -245,6 +253,9 @@ pub struct KindSchema {
     /// The profile used when a route does not name one.
     #[serde(default = "std_profile")]
     pub default_profile: String,
+    /// A per-source message counter whose jumps reveal lost messages.
+    #[serde(default)]
+    pub sequence: Option<SequenceDef>,
     pub profiles: BTreeMap<String, ProfileDef>,
 }
 
@@ -312,6 +323,16 @@ impl KindSchema {
             let known = names.contains(k.as_str()) || COMMON_COLUMNS.iter().any(|(n, _, _)| n == k);
             if !known {
                 return Err(self.invalid(format!("dedup_key column {k} is not declared")));
+            }
+        }
+        if let Some(seq) = &self.sequence {
+            let ok = self.columns.iter().any(|c| {
+                c.name == seq.column && matches!(c.ty, ColumnType::Int32 | ColumnType::Int64)
+            });
+            if !ok || seq.modulo < 2 {
+                return Err(
+                    self.invalid("sequence.column must be an integer column and modulo >= 2")
+                );
             }
         }
         if !self.profiles.contains_key(&self.default_profile) {

@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+
+use arrow::array::{Array, AsArray};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -44,31 +47,52 @@ fn wait_for_port(port: u16, limit: Duration) -> bool {
 pub struct Mosquitto {
     pub port: u16,
     child: Child,
-    _dir: tempfile::TempDir,
+    conf: PathBuf,
+    dir: tempfile::TempDir,
 }
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
+        Mosquitto::start_with("")
+    }
+
+    /// Starts with extra configuration lines (persistence, queue limits, ...). `{dir}` in
+    /// `extra` is replaced by the broker's own scratch directory.
+    pub fn start_with(extra: &str) -> Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\n\
-                 allow_anonymous true\n\
-                 persistence false\n\
-                 max_queued_messages 200000\n\
-                 max_inflight_messages 1000\n\
-                 message_size_limit 0\n\
-                 log_dest stderr\n\
-                 log_type error\n"
-            ),
-        )
-        .unwrap();
+        let extra = extra.replace("{dir}", &dir.path().display().to_string());
+        let has = |key: &str| extra.lines().any(|l| l.starts_with(key));
+        let mut text = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest stderr\nlog_type error\nmessage_size_limit 0\n"
+        );
+        for (key, default) in [
+            ("persistence", "persistence false"),
+            ("max_queued_messages", "max_queued_messages 200000"),
+            ("max_inflight_messages", "max_inflight_messages 1000"),
+        ] {
+            if !has(key) {
+                text.push_str(default);
+                text.push('\n');
+            }
+        }
+        text.push_str(&extra);
+        text.push('\n');
+        std::fs::write(&conf, text).unwrap();
+        let child = Self::spawn(&conf, port);
+        Mosquitto {
+            port,
+            child,
+            conf,
+            dir,
+        }
+    }
+
+    fn spawn(conf: &Path, port: u16) -> Child {
         let child = Command::new("mosquitto")
             .arg("-c")
-            .arg(&conf)
+            .arg(conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -77,11 +101,33 @@ impl Mosquitto {
             wait_for_port(port, Duration::from_secs(10)),
             "mosquitto did not listen on {port}"
         );
-        Mosquitto {
-            port,
-            child,
-            _dir: dir,
+        child
+    }
+
+    /// Stops the broker with SIGTERM (`kill = false`) or SIGKILL, then starts it again on the
+    /// same port with the same configuration.
+    pub fn restart(&mut self, kill: bool) {
+        if kill {
+            let _ = self.child.kill();
+        } else {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(self.child.id().to_string())
+                .status();
         }
+        let _ = self.child.wait();
+        // The port may take a moment to be free again.
+        let start = Instant::now();
+        while TcpListener::bind(("127.0.0.1", self.port)).is_err()
+            && start.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.child = Self::spawn(&self.conf, self.port);
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     pub fn url(&self) -> String {
@@ -216,6 +262,21 @@ impl Collector {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("collector never logged {needle:?}:\n{}", self.log_text());
+    }
+
+    /// Waits until `needle` appears at least `n` times in the log.
+    pub fn wait_log_count(&self, needle: &str, n: usize, limit: Duration) {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.log_text().matches(needle).count() >= n {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "collector never logged {needle:?} {n} times:\n{}",
+            self.log_text()
+        );
     }
 
     /// The latest `ingest stats` line.
@@ -431,4 +492,96 @@ pub fn read_table(data: &Path, table: &str) -> (Option<RecordBatch>, Vec<String>
         Some(arrow::compute::concat_batches(&schema, &batches).unwrap()),
         partitions,
     )
+}
+
+// ---- Unique-message helpers for the crash and fault tests ----
+
+pub fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// One BSM per message, each with its own vehicle id `m<i>`, so rows map back to messages.
+pub fn messages(range: std::ops::Range<usize>) -> Vec<String> {
+    let base_ms: i64 = chrono::Utc::now().timestamp_millis() - 60_000;
+    range
+        .map(|i| {
+            format!(
+                r#"{{"msgCnt":{},"id":"m{i}","timeStamp":{},"pos":{{"lat":39.9,"lon":116.5}},"speed":{}.5,"heading":90.0}}"#,
+                i % 128,
+                base_ms + i as i64,
+                i % 30
+            )
+        })
+        .collect()
+}
+
+pub const TOPIC: &str = "v2x/v1/obu/car-1/bsm/up/float";
+
+pub fn config(broker: &Mosquitto) -> String {
+    format!(
+        "[mqtt]\nbroker = \"{}\"\nreconnect_max_ms = 500\n[writer]\nmax_age_s = 0.5\nmax_rows = 5000\n",
+        broker.url()
+    )
+}
+
+/// Counts rows per vehicle id over the whole dataset.
+pub fn rows_by_id(data: &std::path::Path) -> HashMap<String, usize> {
+    let mut out = HashMap::new();
+    for f in parquet_files(&data.join("bsm")) {
+        let b = read_parquet(&f);
+        let ids = b.column_by_name("vehicle_id").unwrap().as_string::<i32>();
+        for i in 0..ids.len() {
+            *out.entry(ids.value(i).to_string()).or_insert(0) += 1;
+        }
+    }
+    out
+}
+
+pub fn assert_exactly_once(data: &std::path::Path, n: usize) -> (usize, usize) {
+    for f in all_files(data) {
+        let name = f.file_name().unwrap().to_string_lossy().to_string();
+        assert!(
+            !name.ends_with(".tmp"),
+            "temporary file left: {}",
+            f.display()
+        );
+        if name.ends_with(".parquet") {
+            read_parquet(&f);
+        }
+    }
+    let got = rows_by_id(data);
+    let missing = (0..n)
+        .filter(|i| !got.contains_key(&format!("m{i}")))
+        .count();
+    let duplicates: usize = got.values().map(|c| c.saturating_sub(1)).sum();
+    let unexpected = got.keys().filter(|k| {
+        k.strip_prefix('m')
+            .and_then(|n| n.parse::<usize>().ok())
+            .is_none_or(|i| i >= n)
+    });
+    assert_eq!(unexpected.count(), 0);
+    (missing, duplicates)
+}
+
+/// Lets a final, uninterrupted collector drain the broker, then stops it cleanly.
+pub fn drain(ws: &Workspace, broker: &Mosquitto) {
+    let mut c = ws.start(&config(broker), &[]);
+    let start = Instant::now();
+    let mut last = (0u64, Instant::now());
+    while start.elapsed() < Duration::from_secs(300) {
+        std::thread::sleep(Duration::from_millis(250));
+        let received = c.stats().and_then(|s| s["received"].as_u64()).unwrap_or(0);
+        if received != last.0 {
+            last = (received, Instant::now());
+        } else if last.1.elapsed() > Duration::from_secs(3) {
+            // The publisher has finished; 3 s without a new message means the broker's
+            // queue for us is empty.
+            break;
+        }
+    }
+    let status = c.stop();
+    assert!(status.success(), "{}", c.log_text());
 }

@@ -1,0 +1,125 @@
+//! Faults outside the collector: broker restarts, a lost session, a broker queue overflow
+//! while the collector is away, and oversized payloads. Real mosquitto, real binary.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+fn count_in_log(c: &Collector, needle: &str) -> usize {
+    c.log_text().matches(needle).count()
+}
+
+#[test]
+fn broker_restarts_with_persistence_lose_nothing() {
+    let mut broker = Mosquitto::start_with(
+        "persistence true\npersistence_location {dir}/\nautosave_interval 1\nautosave_on_changes true",
+    );
+    let ws = Workspace::new();
+    let c = ws.start(&config(&broker), &[]);
+    let per_round = 500;
+    let mut sent = 0;
+    for (round, kill) in [false, true, false, true].into_iter().enumerate() {
+        publish_lines(broker.port, TOPIC, &messages(sent..sent + per_round));
+        sent += per_round;
+        if kill {
+            // SIGKILL: what the broker had not saved is its loss, not ours; let the collector
+            // take this round first so the check is about the collector.
+            c.wait_processed(sent as u64, Duration::from_secs(60));
+        }
+        broker.restart(kill);
+        c.wait_log_count(
+            "subscriptions acknowledged",
+            round + 2,
+            Duration::from_secs(30),
+        );
+    }
+    publish_lines(broker.port, TOPIC, &messages(sent..sent + per_round));
+    sent += per_round;
+    drop(c);
+    drain(&ws, &broker);
+    let (missing, duplicates) = assert_exactly_once(&ws.data(), sent);
+    assert_eq!((missing, duplicates), (0, 0));
+}
+
+#[test]
+fn a_lost_session_is_reported() {
+    // Without persistence a restarted mosquitto has forgotten our session.
+    let mut broker = Mosquitto::start();
+    let ws = Workspace::new();
+    let mut c = ws.start(&config(&broker), &[]);
+    broker.restart(false);
+    c.wait_log("reconnected without a session", Duration::from_secs(30));
+    c.wait_log_count("subscriptions acknowledged", 2, Duration::from_secs(30));
+    // It resubscribed: traffic still flows.
+    publish_lines(broker.port, TOPIC, &messages(0..10));
+    c.wait_processed(10, Duration::from_secs(30));
+    assert!(c.stop().success());
+}
+
+#[test]
+fn queue_overflow_while_offline_is_reported_per_source() {
+    let broker = Mosquitto::start_with("max_queued_messages 100");
+    let ws = Workspace::new();
+    let mut c = ws.start(&config(&broker), &[]);
+    assert!(c.stop().success());
+    // 150 messages from car-1 while the collector is away: the broker keeps 100, drops 50.
+    publish_lines(broker.port, TOPIC, &messages(0..150));
+    let mut c = ws.start(&config(&broker), &[]);
+    c.wait_processed(100, Duration::from_secs(30));
+    // The next message shows the jump in msgCnt: 99 -> 150 % 128.
+    publish_lines(broker.port, TOPIC, &messages(150..151));
+    c.wait_processed(101, Duration::from_secs(30));
+    c.wait_log("message counter jumped", Duration::from_secs(10));
+    let gap: serde_json::Value = c
+        .log_text()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| {
+            v["fields"]["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("message counter jumped"))
+        })
+        .unwrap();
+    assert_eq!(gap["fields"]["source_id"], "car-1");
+    assert_eq!(gap["fields"]["kind"], "bsm");
+    assert_eq!(gap["fields"]["missed"], 50);
+    assert!(c.stop().success());
+    assert_eq!(c.stats().unwrap()["gap_messages"], 50);
+}
+
+#[test]
+fn oversized_payloads_do_not_cause_a_reconnect_loop() {
+    for protocol in ["5", "3.1.1"] {
+        let broker = Mosquitto::start();
+        let ws = Workspace::new();
+        let mut c = ws.start(
+            &format!(
+                "[mqtt]\nbroker = \"{}\"\nprotocol = \"{protocol}\"\nmax_packet_bytes = 1048576\n[decode]\nmax_payload_bytes = 100000\n",
+                broker.url()
+            ),
+            &[],
+        );
+        // Over the decoder's limit (quarantined) and, for MQTT 5, over the packet limit we
+        // announce (the broker must not send it).
+        publish_bytes(broker.port, "V2X/OBU/car-1/BSM/UP", &vec![b'x'; 500_000]);
+        if protocol == "5" {
+            publish_bytes(broker.port, "V2X/OBU/car-1/BSM/UP", &vec![b'x'; 2_000_000]);
+        }
+        publish_lines(broker.port, TOPIC, &messages(0..20));
+        c.wait_processed(21, Duration::from_secs(30));
+        assert_eq!(
+            count_in_log(&c, "connected to MQTT broker"),
+            1,
+            "protocol {protocol}: reconnected:\n{}",
+            c.log_text()
+        );
+        assert!(c.stop().success());
+        let (q, _) = read_table(&ws.data(), "_quarantine");
+        let q = q.expect("quarantine rows");
+        assert_eq!(q.num_rows(), 1, "protocol {protocol}");
+        let (missing, duplicates) = assert_exactly_once(&ws.data(), 20);
+        assert_eq!((missing, duplicates), (0, 0));
+    }
+}
