@@ -219,6 +219,7 @@ pub async fn run(
             wal_segment_bytes: config.wal.segment_bytes,
             wal_max_bytes: config.wal.max_bytes,
             wal_failed: None,
+            to_truncate: None,
             recent,
             writer: writer_tx.clone(),
             acks: source.acks.clone(),
@@ -401,6 +402,8 @@ impl RecentIds {
 /// A logged message of the current group, kept until its fsync succeeds so it can be
 /// written again to a fresh segment after a write error.
 struct Pending {
+    /// Where it was logged, if the append succeeded.
+    lsn: Option<u64>,
     recv_us: i64,
     qos: u8,
     dup: bool,
@@ -416,6 +419,8 @@ struct Ingest {
     wal_segment_bytes: u64,
     wal_max_bytes: u64,
     wal_failed: Option<String>,
+    /// A failed segment still to be cut back to its fsynced length.
+    to_truncate: Option<(std::path::PathBuf, u64)>,
     recent: RecentIds,
     writer: SyncSender<WriterMsg>,
     acks: AckSender,
@@ -439,12 +444,13 @@ impl Ingest {
             return;
         }
         self.oldest.get_or_insert_with(Instant::now);
+        let mut lsn = None;
         if self.wal_failed.is_none() {
             match self
                 .wal
                 .append(m.recv_us, m.ack.qos, m.dup, &m.topic, &m.payload)
             {
-                Ok(_) => {}
+                Ok(l) => lsn = Some(l),
                 Err(e) => self.wal_failed = Some(e.to_string()),
             }
         }
@@ -463,6 +469,7 @@ impl Ingest {
             .store(self.decoder.sequence_gaps().total_missed, Ordering::Relaxed);
         self.tokens.push(m.ack);
         self.pending.push(Pending {
+            lsn,
             recv_us: m.recv_us,
             qos: m.ack.qos,
             dup: m.dup,
@@ -500,10 +507,33 @@ impl Ingest {
             }
             std::thread::sleep(backoff);
             backoff = (backoff * 2).min(Duration::from_secs(5));
-            // Start a fresh segment and log the group again; a partial copy left in the old
-            // segment is dropped at recovery as a duplicate of this one.
+            // Cut the failed segment back to what was fsynced, then log the group again in
+            // a fresh segment: no segment may hold a second copy of these messages.
+            if let Some((path, len)) = &self.to_truncate {
+                if let Err(e) = crate::wal::truncate(path, *len) {
+                    self.wal_failed = Some(e.to_string());
+                    continue;
+                }
+                self.to_truncate = None;
+            }
+            // Records a segment rotation already fsynced stay where they are.
+            let durable_next = self.wal.synced_next_lsn();
             match Wal::open(&self.wal_dir, self.wal.next_lsn(), self.wal_segment_bytes) {
-                Ok(wal) => self.wal = wal,
+                Ok(wal) => {
+                    self.pending
+                        .retain(|p| p.lsn.is_none_or(|l| l >= durable_next));
+                    // What stays is logged again below; until then it is logged nowhere.
+                    for p in self.pending.iter_mut() {
+                        p.lsn = None;
+                    }
+                    let old = std::mem::replace(&mut self.wal, wal);
+                    let (path, len) = old.abandon();
+                    if let Err(e) = crate::wal::truncate(&path, len) {
+                        self.to_truncate = Some((path, len));
+                        self.wal_failed = Some(e.to_string());
+                        continue;
+                    }
+                }
                 Err(e) => {
                     self.wal_failed = Some(e.to_string());
                     continue;

@@ -123,3 +123,70 @@ fn oversized_payloads_do_not_cause_a_reconnect_loop() {
         assert_eq!((missing, duplicates), (0, 0));
     }
 }
+
+/// Unmounts a tmpfs when the test ends, however it ends.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).ok()?;
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_owned()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_stops_acks_and_recovers_by_itself() {
+    let broker = Mosquitto::start();
+    let ws = Workspace::new();
+    // The WAL lives on a 2 MiB tmpfs (needs root, as CI is; elsewhere the test says so and
+    // checks nothing).
+    let Some(_fs) = Tmpfs::mount(&ws.path().join("wal"), "2m") else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (not root?)");
+        return;
+    };
+    let extra = format!("{}\n[wal]\nsegment_bytes = 65536\n", config(&broker));
+    let c = ws.start(&extra, &[]);
+    publish_lines(broker.port, TOPIC, &messages(0..200));
+    c.wait_processed(200, Duration::from_secs(30));
+    // Fill the filesystem, leaving almost nothing.
+    let ballast = ws.path().join("wal/ballast");
+    let _ = std::process::Command::new("dd")
+        .args(["if=/dev/zero", "bs=4096", "count=1000"])
+        .arg(format!("of={}", ballast.display()))
+        .stderr(std::process::Stdio::null())
+        .status();
+    let acked_before = c.stats().unwrap()["acked"].as_u64().unwrap();
+    publish_lines(broker.port, TOPIC, &messages(200..2200));
+    c.wait_log("write-ahead log failed", Duration::from_secs(30));
+    // While the log cannot be written nothing more is acknowledged.
+    std::thread::sleep(Duration::from_secs(1));
+    let acked_during = c.stats().unwrap()["acked"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(c.stats().unwrap()["acked"].as_u64().unwrap(), acked_during);
+    assert!(
+        acked_during < acked_before + 2000,
+        "acked everything despite a full disk"
+    );
+    assert!(c.child.is_some(), "the collector must not crash");
+    // Space returns: it resumes by itself.
+    std::fs::remove_file(&ballast).unwrap();
+    c.wait_log(
+        "write-ahead log recovered; acknowledging again",
+        Duration::from_secs(30),
+    );
+    drop(c);
+    drain(&ws, &broker);
+    let (missing, duplicates) = assert_exactly_once(&ws.data(), 2200);
+    assert_eq!((missing, duplicates), (0, 0));
+}

@@ -205,6 +205,10 @@ pub struct Wal {
     path: PathBuf,
     segment_bytes: u64,
     written_in_segment: u64,
+    /// Length of the current segment at the last successful fsync.
+    synced_len: u64,
+    /// Every record below this LSN is durable.
+    synced_next_lsn: u64,
     next_lsn: u64,
     buf: Vec<u8>,
     unsynced: bool,
@@ -221,6 +225,8 @@ impl Wal {
             path,
             segment_bytes: segment_bytes.max(4096),
             written_in_segment: 0,
+            synced_len: 0,
+            synced_next_lsn: next_lsn,
             next_lsn,
             buf: Vec::with_capacity(64 * 1024),
             unsynced: false,
@@ -281,6 +287,8 @@ impl Wal {
             .sync_data()
             .map_err(io_err(&self.path))?;
         self.unsynced = false;
+        self.synced_len = self.written_in_segment;
+        self.synced_next_lsn = self.next_lsn;
         crate::failpoint::hit("after_wal_fsync");
         metrics::histogram!("v2x_wal_fsync_seconds").record(started.elapsed().as_secs_f64());
         Ok(())
@@ -292,9 +300,37 @@ impl Wal {
         self.file = file;
         self.path = path;
         self.written_in_segment = 0;
+        self.synced_len = 0;
         metrics::counter!("v2x_wal_segments_created_total").increment(1);
         Ok(())
     }
+}
+
+impl Wal {
+    /// Gives up the records appended since the last fsync: drops the buffer unwritten and
+    /// returns the segment and its durable length, for [`truncate`]. Used after a write
+    /// error, before the same messages are logged again elsewhere, so that no segment holds
+    /// a second copy of them.
+    pub fn abandon(self) -> (PathBuf, u64) {
+        let (file, _unwritten) = self.file.into_parts();
+        drop(file);
+        (self.path, self.synced_len)
+    }
+
+    /// Every record below this LSN is durable (fsynced).
+    pub fn synced_next_lsn(&self) -> u64 {
+        self.synced_next_lsn
+    }
+}
+
+/// Cuts a segment back to `len` bytes and makes that durable.
+pub fn truncate(path: &Path, len: u64) -> Result<(), WalError> {
+    let f = OpenOptions::new()
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    f.set_len(len).map_err(io_err(path))?;
+    f.sync_all().map_err(io_err(path))
 }
 
 /// Total bytes of the segment files.
