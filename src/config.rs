@@ -149,6 +149,9 @@ pub struct WalConfig {
     pub max_bytes: u64,
     /// Message ids remembered to drop broker redeliveries (about 48 bytes each).
     pub dedup_window: usize,
+    /// fsync the log before acknowledging. Only benchmarks turn this off (to measure what
+    /// durability costs); without it a power loss can lose acknowledged messages.
+    pub fsync: bool,
 }
 
 impl Default for WalConfig {
@@ -157,6 +160,7 @@ impl Default for WalConfig {
             segment_bytes: 64 * 1024 * 1024,
             max_bytes: 1024 * 1024 * 1024,
             dedup_window: 200_000,
+            fsync: true,
         }
     }
 }
@@ -348,6 +352,11 @@ impl Config {
         if !(1..=22).contains(&self.writer.zstd_level) {
             return Err(ConfigError::Invalid(
                 "writer.zstd_level must be 1..=22".into(),
+            ));
+        }
+        if self.wal.max_bytes < 2 * self.wal.segment_bytes {
+            return Err(ConfigError::Invalid(
+                "wal.max_bytes must be at least twice wal.segment_bytes (the active segment is never deleted)".into(),
             ));
         }
         if self.decode.batch_messages == 0 {

@@ -152,7 +152,11 @@ pub async fn run(
         &mut recent,
         &stats,
     )?;
-    let wal = Wal::open(&config.wal_dir, next_lsn, config.wal.segment_bytes)?;
+    let mut wal = Wal::open(&config.wal_dir, next_lsn, config.wal.segment_bytes)?;
+    wal.set_fsync(config.wal.fsync);
+    if !config.wal.fsync {
+        tracing::warn!("wal.fsync = false: acknowledged messages can be lost on power failure");
+    }
 
     let (host, port, protocol) = match &config.mqtt.broker {
         Some(url) => {
@@ -218,6 +222,8 @@ pub async fn run(
             wal_dir: config.wal_dir.clone(),
             wal_segment_bytes: config.wal.segment_bytes,
             wal_max_bytes: config.wal.max_bytes,
+            wal_bytes: crate::wal::disk_bytes(&config.wal_dir),
+            wal_fsync: config.wal.fsync,
             wal_failed: None,
             to_truncate: None,
             recent,
@@ -418,6 +424,9 @@ struct Ingest {
     wal_dir: std::path::PathBuf,
     wal_segment_bytes: u64,
     wal_max_bytes: u64,
+    /// Bytes of the log on disk, as of the last look plus what was appended since.
+    wal_bytes: u64,
+    wal_fsync: bool,
     wal_failed: Option<String>,
     /// A failed segment still to be cut back to its fsynced length.
     to_truncate: Option<(std::path::PathBuf, u64)>,
@@ -450,7 +459,10 @@ impl Ingest {
                 .wal
                 .append(m.recv_us, m.ack.qos, m.dup, &m.topic, &m.payload)
             {
-                Ok(l) => lsn = Some(l),
+                Ok(l) => {
+                    lsn = Some(l);
+                    self.wal_bytes += (m.topic.len() + m.payload.len() + 27) as u64;
+                }
                 Err(e) => self.wal_failed = Some(e.to_string()),
             }
         }
@@ -519,7 +531,8 @@ impl Ingest {
             // Records a segment rotation already fsynced stay where they are.
             let durable_next = self.wal.synced_next_lsn();
             match Wal::open(&self.wal_dir, self.wal.next_lsn(), self.wal_segment_bytes) {
-                Ok(wal) => {
+                Ok(mut wal) => {
+                    wal.set_fsync(self.wal_fsync);
                     self.pending
                         .retain(|p| p.lsn.is_none_or(|l| l >= durable_next));
                     // What stays is logged again below; until then it is logged nowhere.
@@ -582,6 +595,7 @@ impl Ingest {
         let mut warned = false;
         loop {
             let bytes = crate::wal::disk_bytes(&self.wal_dir);
+            self.wal_bytes = bytes;
             metrics::gauge!("v2x_wal_bytes").set(bytes as f64);
             if bytes < self.wal_max_bytes || self.draining.load(Ordering::SeqCst) {
                 if warned {
@@ -607,7 +621,6 @@ impl Ingest {
     }
 
     fn run(mut self, rx: Receiver<Message>, batch_messages: usize, max_delay: Duration) {
-        let mut since_room_check = 0usize;
         loop {
             let wait = match self.oldest {
                 Some(t) => max_delay.saturating_sub(t.elapsed()),
@@ -618,7 +631,8 @@ impl Ingest {
             match rx.recv_timeout(wait) {
                 Ok(m) => {
                     self.handle(m);
-                    while self.tokens.len() < batch_messages {
+                    while self.tokens.len() < batch_messages && self.wal_bytes < self.wal_max_bytes
+                    {
                         match rx.try_recv() {
                             Ok(m) => self.handle(m),
                             Err(TryRecvError::Empty) => {
@@ -644,9 +658,11 @@ impl Ingest {
             {
                 break;
             }
-            since_room_check += 1;
-            if since_room_check >= 16 {
-                since_room_check = 0;
+            if self.wal_bytes >= self.wal_max_bytes {
+                // The bound: the group so far is durable and acked; wait for room.
+                if !self.flush() {
+                    break;
+                }
                 self.wait_for_wal_room();
             }
             if stopping {

@@ -190,3 +190,71 @@ fn a_full_disk_stops_acks_and_recovers_by_itself() {
     let (missing, duplicates) = assert_exactly_once(&ws.data(), 2200);
     assert_eq!((missing, duplicates), (0, 0));
 }
+
+#[test]
+fn deploy_mosquitto_config_starts() {
+    // The shipped config, on a free port with its state in a scratch directory.
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/mosquitto.conf"
+    ))
+    .unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let passwd = scratch.path().join("passwd");
+    std::fs::write(&passwd, "").unwrap();
+    let extra: String = text
+        .lines()
+        .filter(|l| !l.starts_with("listener") && !l.starts_with("allow_anonymous"))
+        .map(|l| {
+            if l.starts_with("persistence_location") {
+                "persistence_location {dir}/".to_string()
+            } else if l.starts_with("password_file") {
+                format!("password_file {}", passwd.display())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let broker = Mosquitto::start_with(&extra);
+    // It listens; the collector connects and subscribes to it.
+    let ws = Workspace::new();
+    let mut c = ws.start(&format!("[mqtt]\nbroker = \"{}\"\n", broker.url()), &[]);
+    assert!(c.stop().success());
+}
+
+#[test]
+fn the_wal_bound_pauses_acks_commits_and_resumes() {
+    let broker = Mosquitto::start();
+    let ws = Workspace::new();
+    // Files would stay open for an hour; the 256 KiB bound forces commits instead.
+    let extra = format!(
+        "[mqtt]\nbroker = \"{}\"\n[writer]\nmax_age_s = 3600\n[wal]\nsegment_bytes = 65536\nmax_bytes = 262144\n",
+        broker.url()
+    );
+    let c = ws.start(&extra, &[]);
+    let n = 6000;
+    for start in (0..n).step_by(1000) {
+        publish_lines(broker.port, TOPIC, &messages(start..start + 1000));
+    }
+    c.wait_processed(n as u64, Duration::from_secs(60));
+    c.wait_log("write-ahead log at its bound", Duration::from_secs(10));
+    c.wait_log(
+        "write-ahead log below its bound again",
+        Duration::from_secs(30),
+    );
+    let wal_bytes: u64 = std::fs::read_dir(ws.path().join("wal"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".wal"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(
+        wal_bytes < 262_144 + 65_536 * 2,
+        "WAL grew to {wal_bytes} bytes"
+    );
+    drop(c);
+    drain(&ws, &broker);
+    let (missing, duplicates) = assert_exactly_once(&ws.data(), n);
+    assert_eq!((missing, duplicates), (0, 0));
+}

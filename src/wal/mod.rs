@@ -212,6 +212,7 @@ pub struct Wal {
     next_lsn: u64,
     buf: Vec<u8>,
     unsynced: bool,
+    fsync: bool,
 }
 
 impl Wal {
@@ -230,6 +231,7 @@ impl Wal {
             next_lsn,
             buf: Vec::with_capacity(64 * 1024),
             unsynced: false,
+            fsync: true,
         })
     }
 
@@ -245,6 +247,11 @@ impl Wal {
             .and_then(|d| d.sync_all())
             .map_err(io_err(dir))?;
         Ok((BufWriter::with_capacity(256 * 1024, file), path))
+    }
+
+    /// Benchmarks only: write without fsync.
+    pub fn set_fsync(&mut self, fsync: bool) {
+        self.fsync = fsync;
     }
 
     pub fn next_lsn(&self) -> u64 {
@@ -282,10 +289,12 @@ impl Wal {
         let started = std::time::Instant::now();
         crate::failpoint::hit("before_wal_fsync");
         self.file.flush().map_err(io_err(&self.path))?;
-        self.file
-            .get_ref()
-            .sync_data()
-            .map_err(io_err(&self.path))?;
+        if self.fsync {
+            self.file
+                .get_ref()
+                .sync_data()
+                .map_err(io_err(&self.path))?;
+        }
         self.unsynced = false;
         self.synced_len = self.written_in_segment;
         self.synced_next_lsn = self.next_lsn;
