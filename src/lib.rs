@@ -12,6 +12,7 @@ pub mod pipeline;
 pub mod quarantine;
 pub mod route;
 pub mod schema;
+pub mod sim;
 pub mod sink;
 pub mod source;
 pub mod wal;

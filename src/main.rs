@@ -43,6 +43,8 @@ enum LogFormat {
 enum Command {
     /// Subscribe, decode and write Parquet until SIGINT or SIGTERM.
     Run(RunArgs),
+    /// Publish captured payloads (JSON array, NDJSON, topic+payload NDJSON) to a broker.
+    Replay(ReplayArgs),
     /// List, show and check the declared schemas.
     Schema {
         #[command(subcommand)]
@@ -82,6 +84,29 @@ struct RunArgs {
     /// Directory of schema files replacing the built-in ones.
     #[arg(long, env = "V2X_SCHEMA_DIR")]
     schema_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ReplayArgs {
+    /// Broker to publish to.
+    #[arg(long, env = "V2X_BROKER", default_value = "mqtt://127.0.0.1:1883")]
+    broker: String,
+    /// Topic for payloads that carry none of their own.
+    #[arg(long)]
+    topic: Option<String>,
+    /// Pace by the payloads' own timestamps.
+    #[arg(long, conflicts_with = "rate")]
+    realtime: bool,
+    /// Messages per second (default: as fast as the broker takes them).
+    #[arg(long)]
+    rate: Option<f64>,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+    /// MQTT client id (default: v2x-replay-<pid>).
+    #[arg(long)]
+    client_id: Option<String>,
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -124,6 +149,13 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Replay(args) => match replay(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err((code, e)) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(code)
+            }
+        },
         Command::Schema { command } => match schema(command) {
             Ok(code) => code,
             Err(e) => {
@@ -221,6 +253,47 @@ fn run(args: RunArgs) -> ExitCode {
             ExitCode::from(e.exit_code() as u8)
         }
     }
+}
+
+fn replay(args: ReplayArgs) -> Result<(), (u8, anyhow::Error)> {
+    use v2x_collector::sim::replay::{self, Pace, PublishSettings};
+    let usage = |e: anyhow::Error| (2u8, e);
+    let (host, port) =
+        v2x_collector::config::parse_broker_url(&args.broker).map_err(|e| usage(e.into()))?;
+    let mut items = Vec::new();
+    for f in &args.files {
+        items.extend(replay::read_file(f, args.topic.as_deref()).map_err(|e| usage(e.into()))?);
+    }
+    let pace = match (args.realtime, args.rate) {
+        (true, _) => Pace::RealTime,
+        (false, Some(r)) => Pace::Rate(r),
+        (false, None) => Pace::AsFastAsPossible,
+    };
+    let settings = PublishSettings {
+        host,
+        port,
+        qos: args.qos,
+        client_id: args
+            .client_id
+            .unwrap_or_else(|| format!("v2x-replay-{}", std::process::id())),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| (1, e.into()))?;
+    let started = std::time::Instant::now();
+    let sent = runtime
+        .block_on(replay::publish(&items, &settings, pace, |sent, total| {
+            let rate = sent as f64 / started.elapsed().as_secs_f64().max(1e-3);
+            eprint!("\r{sent}/{total} messages, {rate:.0} msg/s   ");
+        }))
+        .map_err(|e| (1, e.into()))?;
+    eprintln!();
+    eprintln!(
+        "published {sent} messages in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// Resolves on SIGINT or SIGTERM.
