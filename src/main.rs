@@ -43,6 +43,8 @@ enum LogFormat {
 enum Command {
     /// Subscribe, decode and write Parquet until SIGINT or SIGTERM.
     Run(RunArgs),
+    /// Publish a deterministic synthetic zone: RSUs with radars, vehicles.
+    Simulate(SimulateArgs),
     /// Publish captured payloads (JSON array, NDJSON, topic+payload NDJSON) to a broker.
     Replay(ReplayArgs),
     /// List, show and check the declared schemas.
@@ -84,6 +86,38 @@ struct RunArgs {
     /// Directory of schema files replacing the built-in ones.
     #[arg(long, env = "V2X_SCHEMA_DIR")]
     schema_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct SimulateArgs {
+    /// Broker to publish to.
+    #[arg(long, env = "V2X_BROKER", default_value = "mqtt://127.0.0.1:1883")]
+    broker: String,
+    /// Roadside units (each with a radar).
+    #[arg(long, default_value_t = 4)]
+    rsus: usize,
+    /// Vehicles (every second one instrumented: state and objects too).
+    #[arg(long, default_value_t = 10)]
+    vehicles: usize,
+    /// Ticks per second (RSM, radar, BSM rate).
+    #[arg(long, default_value_t = 10.0)]
+    hz: f64,
+    /// Stop after this many seconds (default: at Ctrl-C).
+    #[arg(long, conflicts_with = "count")]
+    duration: Option<f64>,
+    /// Stop after this many messages.
+    #[arg(long)]
+    count: Option<u64>,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: u8,
+    /// MQTT connections to spread the messages over.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Publish as fast as the broker takes it, ignoring --hz (load tests).
+    #[arg(long)]
+    max: bool,
 }
 
 #[derive(Args)]
@@ -149,6 +183,13 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Run(args) => run(args),
+        Command::Simulate(args) => match simulate(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err((code, e)) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(code)
+            }
+        },
         Command::Replay(args) => match replay(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err((code, e)) => {
@@ -253,6 +294,44 @@ fn run(args: RunArgs) -> ExitCode {
             ExitCode::from(e.exit_code() as u8)
         }
     }
+}
+
+fn simulate(args: SimulateArgs) -> Result<(), (u8, anyhow::Error)> {
+    use v2x_collector::sim::replay::PublishSettings;
+    use v2x_collector::sim::simulate::{self, SimulateSettings};
+    let (host, port) =
+        v2x_collector::config::parse_broker_url(&args.broker).map_err(|e| (2, e.into()))?;
+    if args.hz <= 0.0 || !args.hz.is_finite() {
+        return Err((2, anyhow::anyhow!("--hz must be positive")));
+    }
+    let settings = SimulateSettings {
+        publish: PublishSettings {
+            host,
+            port,
+            qos: args.qos,
+            client_id: format!("v2x-simulate-{}", std::process::id()),
+        },
+        connections: args.connections,
+        rsus: args.rsus,
+        vehicles: args.vehicles,
+        hz: args.hz,
+        seed: args.seed,
+        duration: args.duration.map(std::time::Duration::from_secs_f64),
+        count: args.count,
+        max: args.max,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| (1, e.into()))?;
+    let sent = runtime
+        .block_on(simulate::run(&settings, shutdown_signal(), |sent, rate| {
+            eprint!("\r{sent} messages, {rate:.0} msg/s   ");
+        }))
+        .map_err(|e| (1, e.into()))?;
+    eprintln!();
+    eprintln!("published {sent} messages");
+    Ok(())
 }
 
 fn replay(args: ReplayArgs) -> Result<(), (u8, anyhow::Error)> {

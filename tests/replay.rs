@@ -73,3 +73,43 @@ fn replay_without_a_topic_for_bare_payloads_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--topic"));
 }
+
+#[test]
+fn simulate_fills_every_kind_with_nothing_quarantined() {
+    let broker = Mosquitto::start();
+    let ws = Workspace::new();
+    let mut c = ws.start(&format!("[mqtt]\nbroker = \"{}\"\n", broker.url()), &[]);
+    let out = Command::new(env!("CARGO_BIN_EXE_v2x-collector"))
+        .args([
+            "simulate",
+            "--broker",
+            &broker.url(),
+            "--max",
+            "--count",
+            "8000",
+        ])
+        .args(["--rsus", "3", "--vehicles", "4", "--connections", "2"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_processed(8000, Duration::from_secs(120));
+    assert!(c.stop().success());
+    for kind in [
+        "rsm_participant",
+        "bsm",
+        "spat_phase",
+        "rsi_event",
+        "radar_target",
+        "vehicle_state",
+        "vehicle_object",
+        "device_status",
+    ] {
+        let rows = read_table(&ws.data(), kind).0.map_or(0, |b| b.num_rows());
+        assert!(rows > 0, "no {kind} rows");
+    }
+    assert!(read_table(&ws.data(), "_quarantine").0.is_none());
+}

@@ -156,6 +156,91 @@ pub struct PublishSettings {
     pub client_id: String,
 }
 
+/// One MQTT connection for publishing; its event loop runs on its own task, so waiting on the
+/// request channel here can never block it.
+pub struct Publisher {
+    client: rumqttc::AsyncClient,
+    poller: tokio::task::JoinHandle<()>,
+    acked: tokio::sync::watch::Receiver<u64>,
+    error: tokio::sync::watch::Receiver<Option<String>>,
+    qos: rumqttc::QoS,
+    pub sent: u64,
+}
+
+impl Publisher {
+    pub fn connect(s: &PublishSettings) -> Publisher {
+        use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+        let mut opts = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        opts.set_max_packet_size(64 * 1024 * 1024, 64 * 1024 * 1024);
+        let (client, mut el) = AsyncClient::new(opts, 1024);
+        let (ack_tx, acked) = tokio::sync::watch::channel(0u64);
+        let (err_tx, error) = tokio::sync::watch::channel(None::<String>);
+        let poller = tokio::spawn(async move {
+            let mut n = 0u64;
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::PubAck(_))) => {
+                        n += 1;
+                        let _ = ack_tx.send(n);
+                    }
+                    Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        let _ = err_tx.send(Some(e.to_string()));
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+        });
+        Publisher {
+            client,
+            poller,
+            acked,
+            error,
+            qos: if s.qos == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            },
+            sent: 0,
+        }
+    }
+
+    pub async fn send(&mut self, topic: &str, payload: Bytes) -> Result<(), ReplayError> {
+        if let Some(e) = self.error.borrow_and_update().clone() {
+            return Err(ReplayError::Mqtt(e));
+        }
+        self.client
+            .publish_bytes(topic.to_string(), self.qos, false, payload)
+            .await
+            .map_err(|e| ReplayError::Mqtt(e.to_string()))?;
+        self.sent += 1;
+        Ok(())
+    }
+
+    /// Waits for every PUBACK (QoS 1, up to a minute), then disconnects.
+    pub async fn finish(mut self) -> Result<u64, ReplayError> {
+        if self.qos != rumqttc::QoS::AtMostOnce {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while *self.acked.borrow() < self.sent {
+                if tokio::time::timeout_at(deadline.into(), self.acked.changed())
+                    .await
+                    .is_err()
+                {
+                    return Err(ReplayError::Unacknowledged {
+                        acked: *self.acked.borrow(),
+                        sent: self.sent,
+                    });
+                }
+            }
+        }
+        let _ = self.client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.poller).await;
+        Ok(self.sent)
+    }
+}
+
 /// Publishes the items in order with the given pacing; for QoS 1 waits for every PUBACK.
 /// Calls `progress(sent, total)` about twice a second.
 pub async fn publish(
@@ -164,37 +249,7 @@ pub async fn publish(
     pace: Pace,
     mut progress: impl FnMut(u64, u64),
 ) -> Result<u64, ReplayError> {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
-    let mut opts = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
-    opts.set_keep_alive(Duration::from_secs(30));
-    opts.set_max_packet_size(64 * 1024 * 1024, 64 * 1024 * 1024);
-    let (client, mut el) = AsyncClient::new(opts, 1024);
-    let (ack_tx, mut ack_rx) = tokio::sync::watch::channel(0u64);
-    let (err_tx, mut err_rx) = tokio::sync::watch::channel(None::<String>);
-    // The event loop runs on its own task: the publishing side may wait on the request
-    // channel, which only this task drains.
-    let poller = tokio::spawn(async move {
-        let mut acked = 0u64;
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => {
-                    acked += 1;
-                    let _ = ack_tx.send(acked);
-                }
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
-                Ok(_) => {}
-                Err(e) => {
-                    let _ = err_tx.send(Some(e.to_string()));
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-        }
-    });
-    let qos = if s.qos == 0 {
-        QoS::AtMostOnce
-    } else {
-        QoS::AtLeastOnce
-    };
+    let mut p = Publisher::connect(s);
     let total = items.len() as u64;
     let started = Instant::now();
     let mut last_report = Instant::now();
@@ -215,36 +270,15 @@ pub async fn publish(
                 }
             }
         }
-        if let Some(e) = err_rx.borrow_and_update().clone() {
-            return Err(ReplayError::Mqtt(e));
-        }
-        client
-            .publish_bytes(it.topic.clone(), qos, false, it.payload.clone())
-            .await
-            .map_err(|e| ReplayError::Mqtt(e.to_string()))?;
+        p.send(&it.topic, it.payload.clone()).await?;
         if last_report.elapsed() >= Duration::from_millis(500) {
             progress(n as u64 + 1, total);
             last_report = Instant::now();
         }
     }
-    if s.qos > 0 {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while *ack_rx.borrow() < total {
-            if tokio::time::timeout_at(deadline.into(), ack_rx.changed())
-                .await
-                .is_err()
-            {
-                return Err(ReplayError::Unacknowledged {
-                    acked: *ack_rx.borrow(),
-                    sent: total,
-                });
-            }
-        }
-    }
+    let sent = p.finish().await?;
     progress(total, total);
-    let _ = client.disconnect().await;
-    let _ = tokio::time::timeout(Duration::from_secs(5), poller).await;
-    Ok(total)
+    Ok(sent)
 }
 
 #[cfg(test)]
