@@ -353,6 +353,11 @@ impl PartitionWriter {
                 );
             }
             crate::failpoint::hit("after_manifest");
+            // From here the rows live in the manifest's temporary files: if a rename or the
+            // checkpoint fails below, the next attempt (or the next start) finishes this set
+            // from the manifest, so the rows must not stay open to be written a second time.
+            self.open.clear();
+            self.buffered_bytes = 0;
         }
         let mut dirs: Vec<PathBuf> = Vec::new();
         for (_, t) in &written {
