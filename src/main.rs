@@ -483,7 +483,8 @@ fn check(
     let now = v2x_collector::source::now_us();
     let (mut filed, mut rows, mut bad) = (0usize, 0usize, 0usize);
     for (i, p) in payloads.iter().enumerate() {
-        match decoder.decode_as(k, &profile, Some("check"), "check", p, now) {
+        let raw = v2x_collector::decode::Raw::new("check", p, now);
+        match decoder.decode_as(k, &profile, Some("check"), &raw) {
             Outcome::Filed { rows: n, .. } => {
                 filed += 1;
                 rows += n;

@@ -329,9 +329,9 @@ fn recover(
         skipped_bytes += scan.skipped_bytes;
         for r in scan.records {
             next_lsn = next_lsn.max(r.lsn + 1);
-            let uid = crate::decode::msg_uid_u128(&r.topic, &r.payload);
-            let redelivery = r.dup && recent.contains(uid);
-            recent.insert(uid);
+            let raw = crate::decode::Raw::new(&r.topic, &r.payload, r.recv_us);
+            let redelivery = r.dup && recent.contains(raw.uid);
+            recent.insert(raw.uid);
             if r.lsn < checkpoint {
                 continue;
             }
@@ -339,7 +339,7 @@ fn recover(
                 duplicates += 1;
                 continue;
             }
-            decoder.decode(&r.topic, &r.payload, r.recv_us);
+            decoder.decode_raw(&raw);
             replayed += 1;
             in_chunk += 1;
             if in_chunk >= 4096 {
@@ -442,7 +442,8 @@ struct Ingest {
 
 impl Ingest {
     fn handle(&mut self, m: Message) {
-        let uid = crate::decode::msg_uid_u128(&m.topic, &m.payload);
+        let raw = crate::decode::Raw::new(&m.topic, &m.payload, m.recv_us);
+        let uid = raw.uid;
         // Only a message the broker marks as redelivered can be a copy of one already logged:
         // two identical payloads published twice are two messages (real captures have them).
         if m.dup && self.recent.contains(uid) {
@@ -466,7 +467,7 @@ impl Ingest {
                 Err(e) => self.wal_failed = Some(e.to_string()),
             }
         }
-        match self.decoder.decode(&m.topic, &m.payload, m.recv_us) {
+        match self.decoder.decode_raw(&raw) {
             Outcome::Filed { rows, .. } => {
                 self.stats.decoded_messages.fetch_add(1, Ordering::Relaxed);
                 self.stats.rows.fetch_add(rows as u64, Ordering::Relaxed);

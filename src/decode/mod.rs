@@ -257,6 +257,27 @@ impl RowBuilders {
     }
 }
 
+/// One received message as the decoder sees it; `uid` is [`msg_uid_u128`] of topic and
+/// payload, computed once by whoever first needs it.
+#[derive(Debug, Clone, Copy)]
+pub struct Raw<'a> {
+    pub topic: &'a str,
+    pub payload: &'a [u8],
+    pub recv_us: i64,
+    pub uid: u128,
+}
+
+impl<'a> Raw<'a> {
+    pub fn new(topic: &'a str, payload: &'a [u8], recv_us: i64) -> Raw<'a> {
+        Raw {
+            topic,
+            payload,
+            recv_us,
+            uid: msg_uid_u128(topic, payload),
+        }
+    }
+}
+
 /// Decoded rows ready for the writer: one table, one hour partition.
 #[derive(Debug)]
 pub struct Batch {
@@ -451,51 +472,46 @@ impl Decoder {
 
     /// Routes, decodes and buffers one message.
     pub fn decode(&mut self, topic: &str, payload: &[u8], recv_us: i64) -> Outcome {
-        if payload.len() > self.settings.max_payload_bytes {
+        self.decode_raw(&Raw::new(topic, payload, recv_us))
+    }
+
+    /// As [`Decoder::decode`], for a caller that already has the message's id.
+    pub fn decode_raw(&mut self, m: &Raw) -> Outcome {
+        if m.payload.len() > self.settings.max_payload_bytes {
             let r = Rejection::new(
                 Reason::TooLarge,
                 format!(
                     "payload of {} bytes exceeds decode.max_payload_bytes = {}",
-                    payload.len(),
+                    m.payload.len(),
                     self.settings.max_payload_bytes
                 ),
             );
-            return self.reject(topic, None, payload, recv_us, r);
+            return self.reject(m, None, r);
         }
         let router = Arc::clone(&self.router);
-        match router.route(topic) {
-            Err(RouteError::NoMatch) => self.reject(
-                topic,
-                None,
-                payload,
-                recv_us,
-                Rejection::new(Reason::UnknownTopic, "topic matches no route template"),
-            ),
-            Err(RouteError::UnsafeSourceId) => self.reject(
-                topic,
-                None,
-                payload,
-                recv_us,
-                Rejection::new(
+        let route = match router.route(m.topic) {
+            Ok(route) => route,
+            Err(RouteError::NoMatch) => {
+                let r = Rejection::new(Reason::UnknownTopic, "topic matches no route template");
+                return self.reject(m, None, r);
+            }
+            Err(RouteError::UnsafeSourceId) => {
+                let r = Rejection::new(
                     Reason::InvalidSourceId,
                     "the source id segment of the topic is not a safe identifier",
-                ),
-            ),
-            Ok(route) => match self.kind_index.get(route.kind).copied() {
-                None => self.reject(
-                    topic,
-                    None,
-                    payload,
-                    recv_us,
-                    Rejection::new(
-                        Reason::UnknownKind,
-                        format!("no schema for kind {:?}", route.kind),
-                    ),
-                ),
-                Some(k) => {
-                    self.decode_as(k, route.profile, route.source_id, topic, payload, recv_us)
-                }
-            },
+                );
+                return self.reject(m, None, r);
+            }
+        };
+        match self.kind_index.get(route.kind).copied() {
+            Some(k) => self.decode_as(k, route.profile, route.source_id, m),
+            None => {
+                let r = Rejection::new(
+                    Reason::UnknownKind,
+                    format!("no schema for kind {:?}", route.kind),
+                );
+                self.reject(m, None, r)
+            }
         }
     }
 
@@ -505,30 +521,28 @@ impl Decoder {
         kind: usize,
         profile: &str,
         topic_source: Option<&str>,
-        topic: &str,
-        payload: &[u8],
-        recv_us: i64,
+        m: &Raw,
     ) -> Outcome {
-        let body = payload.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(payload);
+        let body = m.payload.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(m.payload);
         let repaired: String;
-        let mut staged = self.stage(kind, profile, topic_source, body, recv_us);
+        let mut staged = self.stage(kind, profile, topic_source, body, m.recv_us);
         if let Err(r) = &staged
             && r.reason == Reason::InvalidJson
             && std::str::from_utf8(body).is_err()
         {
             // GB2312-era text that is not UTF-8: keep the message, replace the bad bytes.
             repaired = String::from_utf8_lossy(body).into_owned();
-            staged = self.stage(kind, profile, topic_source, repaired.as_bytes(), recv_us);
+            staged = self.stage(kind, profile, topic_source, repaired.as_bytes(), m.recv_us);
         }
         match staged {
             Err(r) => {
                 let kind_name = self.kinds[kind].schema.kind.clone();
-                self.reject(topic, Some(&kind_name), payload, recv_us, r)
+                self.reject(m, Some(&kind_name), r)
             }
             Ok(staged) => {
                 let rows = staged.events.len();
                 self.track_sequence(kind, &staged);
-                self.append(kind, topic, payload, recv_us, staged);
+                self.append(kind, m, staged);
                 let k = &self.kinds[kind];
                 k.messages.increment(1);
                 k.rows.increment(rows as u64);
@@ -569,25 +583,18 @@ impl Decoder {
         &self.sequences
     }
 
-    fn reject(
-        &mut self,
-        topic: &str,
-        kind: Option<&str>,
-        payload: &[u8],
-        recv_us: i64,
-        r: Rejection,
-    ) -> Outcome {
+    fn reject(&mut self, m: &Raw, kind: Option<&str>, r: Rejection) -> Outcome {
         if let Some(c) = self.quarantine_counters.get(&r.reason) {
             c.increment(1);
         }
-        tracing::debug!(topic = %topic.escape_debug(), reason = %r.reason, error = %r.detail, "quarantined");
-        let hour = recv_us.div_euclid(US_PER_HOUR) * US_PER_HOUR;
-        let uid_hex = msg_uid_hex(topic, payload);
+        tracing::debug!(topic = %m.topic.escape_debug(), reason = %r.reason, error = %r.detail, "quarantined");
+        let hour = m.recv_us.div_euclid(US_PER_HOUR) * US_PER_HOUR;
+        let uid_hex = hex128(m.uid);
         let m = crate::quarantine::Quarantined {
-            recv_us,
-            topic,
+            recv_us: m.recv_us,
+            topic: m.topic,
             kind,
-            payload,
+            payload: m.payload,
             msg_uid: std::str::from_utf8(&uid_hex).unwrap_or_default(),
         };
         self.quarantine
@@ -686,10 +693,11 @@ impl Decoder {
         Ok(staged)
     }
 
-    fn append(&mut self, kind: usize, topic: &str, payload: &[u8], recv_us: i64, s: Staged) {
+    fn append(&mut self, kind: usize, m: &Raw, s: Staged) {
+        let (topic, recv_us) = (m.topic, m.recv_us);
         let k = &self.kinds[kind];
         let ncols = k.schema.columns.len();
-        let uid_hex = msg_uid_hex(topic, payload);
+        let uid_hex = hex128(m.uid);
         let uid = std::str::from_utf8(&uid_hex).unwrap_or_default();
         let unit = self.settings.unit;
         for (row, &event) in s.events.iter().enumerate() {
@@ -748,7 +756,7 @@ impl Decoder {
 /// A 128-bit hash of topic and payload, as 32 hex characters: the same delivery always gets
 /// the same id, two different payloads practically never do.
 pub fn msg_uid(topic: &str, payload: &[u8]) -> String {
-    String::from_utf8_lossy(&msg_uid_hex(topic, payload)).into_owned()
+    String::from_utf8_lossy(&hex128(msg_uid_u128(topic, payload))).into_owned()
 }
 
 /// The 128-bit value behind [`msg_uid`].
@@ -760,9 +768,8 @@ pub fn msg_uid_u128(topic: &str, payload: &[u8]) -> u128 {
     h.digest128()
 }
 
-/// [`msg_uid`] without allocating.
-fn msg_uid_hex(topic: &str, payload: &[u8]) -> [u8; 32] {
-    let v = msg_uid_u128(topic, payload);
+/// 32 lower-case hex digits, without allocating.
+fn hex128(v: u128) -> [u8; 32] {
     let mut out = [0u8; 32];
     for (i, b) in out.iter_mut().enumerate() {
         let nibble = ((v >> (124 - 4 * i)) & 0xf) as u8;
