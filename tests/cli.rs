@@ -2,11 +2,7 @@
 
 mod common;
 
-use std::process::Command;
-
-fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_v2x-collector"))
-}
+use common::bin;
 
 fn run(args: &[&str]) -> (i32, String, String) {
     let out = bin().args(args).output().unwrap();

@@ -234,9 +234,7 @@ fn the_wal_bound_pauses_acks_commits_and_resumes() {
     );
     let c = ws.start(&extra, &[]);
     let n = 6000;
-    for start in (0..n).step_by(1000) {
-        publish_lines(broker.port, TOPIC, &messages(start..start + 1000));
-    }
+    publish_lines(broker.port, TOPIC, &messages(0..n));
     c.wait_processed(n as u64, Duration::from_secs(60));
     c.wait_log("write-ahead log at its bound", Duration::from_secs(10));
     c.wait_log(

@@ -61,43 +61,6 @@ fn partition_of(event_us: i64) -> String {
     format!("date={}/hour={}", t.format("%Y-%m-%d"), t.format("%H"))
 }
 
-/// Files are named `<collector-id>-<sequence>.parquet`, no temporary file is left, every file
-/// reads, and rows are sorted by (source_id, event_ts) inside each file.
-fn assert_dataset_is_clean(data: &std::path::Path) {
-    for f in all_files(data) {
-        let name = f.file_name().unwrap().to_string_lossy().to_string();
-        assert!(
-            !name.ends_with(".tmp"),
-            "temporary file left: {}",
-            f.display()
-        );
-        if name == "_schema.json" {
-            continue;
-        }
-        let (id, seq) = name
-            .strip_suffix(".parquet")
-            .and_then(|n| n.split_once('-'))
-            .unwrap_or_else(|| panic!("unexpected file {}", f.display()));
-        assert_eq!(id, "test");
-        assert!(
-            seq.len() == 20 && seq.bytes().all(|b| b.is_ascii_digit()),
-            "{name}"
-        );
-        let b = read_parquet(&f);
-        if b.column_by_name("event_ts").is_some() {
-            let keys: Vec<(String, i64)> = col_str(&b, "source_id")
-                .into_iter()
-                .zip(col_ts(&b, "event_ts"))
-                .collect();
-            assert!(
-                keys.windows(2).all(|w| w[0] <= w[1]),
-                "{} is not sorted",
-                f.display()
-            );
-        }
-    }
-}
-
 fn synthetic_payloads() -> Vec<(&'static str, String)> {
     let now = chrono::Utc::now();
     let ms = now.timestamp_millis();

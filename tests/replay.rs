@@ -3,13 +3,12 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
 
 fn replay(broker: &Mosquitto, args: &[&str]) {
-    let out = Command::new(env!("CARGO_BIN_EXE_v2x-collector"))
+    let out = bin()
         .arg("replay")
         .arg("--broker")
         .arg(broker.url())
@@ -65,7 +64,7 @@ fn replaying_the_captures_gives_their_row_counts() {
 
 #[test]
 fn replay_without_a_topic_for_bare_payloads_is_a_usage_error() {
-    let out = Command::new(env!("CARGO_BIN_EXE_v2x-collector"))
+    let out = bin()
         .args(["replay", "--broker", "mqtt://127.0.0.1:1"])
         .arg(shared("openv2x-radar/track.json"))
         .output()
@@ -79,7 +78,7 @@ fn simulate_fills_every_kind_with_nothing_quarantined() {
     let broker = Mosquitto::start();
     let ws = Workspace::new();
     let mut c = ws.start(&format!("[mqtt]\nbroker = \"{}\"\n", broker.url()), &[]);
-    let out = Command::new(env!("CARGO_BIN_EXE_v2x-collector"))
+    let out = bin()
         .args([
             "simulate",
             "--broker",

@@ -348,39 +348,48 @@ impl Drop for Collector {
     }
 }
 
-/// Publishes each line of `lines` as one message with `mosquitto_pub -l`, QoS 1.
+/// `mosquitto_pub` at QoS 1 to the test broker.
+fn mosquitto_pub(port: u16, topic: &str) -> Command {
+    let mut c = Command::new("mosquitto_pub");
+    c.args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+        "-q",
+        "1",
+        "-t",
+        topic,
+    ]);
+    c
+}
+
+/// Publishes each line of `lines` as one message, QoS 1. `mosquitto_pub -l` (2.0.11) can exit
+/// before a long input is all delivered, so it gets at most 1,000 lines per call.
 pub fn publish_lines(port: u16, topic: &str, lines: &[String]) {
-    let mut child = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-l",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("mosquitto_pub must be installed (tools/test.sh installs it)");
-    {
-        let mut stdin = child.stdin.take().unwrap();
-        for l in lines {
-            assert!(!l.contains('\n'), "one message per line");
-            stdin.write_all(l.as_bytes()).unwrap();
-            stdin.write_all(b"\n").unwrap();
+    for chunk in lines.chunks(1000) {
+        let mut child = mosquitto_pub(port, topic)
+            .arg("-l")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mosquitto_pub must be installed (tools/test.sh installs it)");
+        {
+            let mut stdin = child.stdin.take().unwrap();
+            for l in chunk {
+                assert!(!l.contains('\n'), "one message per line");
+                stdin.write_all(l.as_bytes()).unwrap();
+                stdin.write_all(b"\n").unwrap();
+            }
         }
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "mosquitto_pub failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "mosquitto_pub failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Publishes one payload (any bytes) from a file.
@@ -388,18 +397,8 @@ pub fn publish_bytes(port: u16, topic: &str, payload: &[u8]) {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("payload");
     std::fs::write(&f, payload).unwrap();
-    let out = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-f",
-        ])
+    let out = mosquitto_pub(port, topic)
+        .arg("-f")
         .arg(&f)
         .output()
         .expect("mosquitto_pub");
@@ -408,6 +407,11 @@ pub fn publish_bytes(port: u16, topic: &str, payload: &[u8]) {
         "mosquitto_pub failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The collector binary, for command-line tests.
+pub fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_v2x-collector"))
 }
 
 /// The radar capture, one compact JSON frame per entry.
@@ -527,7 +531,9 @@ pub fn rows_by_id(data: &std::path::Path) -> HashMap<String, usize> {
     out
 }
 
-pub fn assert_exactly_once(data: &std::path::Path, n: usize) -> (usize, usize) {
+/// Files are named `<collector-id>-<sequence>.parquet` (collector id `test`), no temporary
+/// file is left, every file reads, and rows are sorted by (source_id, event_ts) in each file.
+pub fn assert_dataset_is_clean(data: &Path) {
     for f in all_files(data) {
         let name = f.file_name().unwrap().to_string_lossy().to_string();
         assert!(
@@ -535,10 +541,32 @@ pub fn assert_exactly_once(data: &std::path::Path, n: usize) -> (usize, usize) {
             "temporary file left: {}",
             f.display()
         );
-        if name.ends_with(".parquet") {
-            read_parquet(&f);
+        if name == "_schema.json" {
+            continue;
+        }
+        let (id, seq) = name
+            .strip_suffix(".parquet")
+            .and_then(|n| n.split_once('-'))
+            .unwrap_or_else(|| panic!("unexpected file {}", f.display()));
+        assert_eq!(id, "test");
+        assert!(
+            seq.len() == 20 && seq.bytes().all(|b| b.is_ascii_digit()),
+            "{name}"
+        );
+        let b = read_parquet(&f);
+        if let (Some(src), Some(ts)) = (b.column_by_name("source_id"), b.column_by_name("event_ts"))
+        {
+            let src = src.as_string::<i32>();
+            let ts = ts.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
+            let sorted = (1..b.num_rows())
+                .all(|i| (src.value(i - 1), ts.value(i - 1)) <= (src.value(i), ts.value(i)));
+            assert!(sorted, "{} is not sorted", f.display());
         }
     }
+}
+
+pub fn assert_exactly_once(data: &std::path::Path, n: usize) -> (usize, usize) {
+    assert_dataset_is_clean(data);
     let got = rows_by_id(data);
     let missing = (0..n)
         .filter(|i| !got.contains_key(&format!("m{i}")))
