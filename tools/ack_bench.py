@@ -15,53 +15,12 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, limit=10):
-    end = time.time() + limit
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"mosquitto did not listen on {port}")
-
-
-def stats(log):
-    last = None
-    try:
-        with open(log) as f:
-            for line in f:
-                try:
-                    v = json.loads(line)
-                except ValueError:
-                    continue
-                if v.get("fields", {}).get("message") == "ingest stats":
-                    last = v["fields"]
-    except FileNotFoundError:
-        pass
-    return last or {}
-
-
-def wait_log(log, needle, limit=30):
-    end = time.time() + limit
-    while time.time() < end:
-        if os.path.exists(log) and needle in open(log).read():
-            return
-        time.sleep(0.05)
-    sys.exit(f"collector never logged {needle!r}; see {log}")
+from benchlib import publish, start_mosquitto, stats, wait_log
 
 
 def run_collector(binary, work, port, fsync, name, receive_maximum):
@@ -103,22 +62,14 @@ def main():
         sys.exit(f"{binary} missing: run `cargo build --release` first")
     work = tempfile.mkdtemp(prefix="v2x-ackbench-")
     print(f"work dir {work}")
-    port = free_port()
-    conf = os.path.join(work, "mosquitto.conf")
-    with open(conf, "w") as f:
-        f.write(
-            f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            "max_queued_messages 0\nmax_inflight_messages 65535\nlog_dest none\n"
-        )
-    broker = subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    broker, port = start_mosquitto(work, max_inflight=65535)
     try:
-        wait_port(port)
         payloads = [
             json.dumps(
                 {"msgCnt": i % 128, "id": f"m{i}", "timeStamp": 1764320444000 + i,
                  "pos": {"lat": 39.9, "lon": 116.5}, "speed": 12.5, "heading": 90.0},
                 separators=(",", ":"),
-            ).encode() + b"\n"
+            ).encode()
             for i in range(args.messages)
         ]
         results = {}
@@ -126,14 +77,7 @@ def main():
             # Create the session, stop, queue the backlog, then time the drain.
             proc, _ = run_collector(binary, work, port, fsync, name, args.receive_maximum)
             stop(proc)
-            # mosquitto_pub -l (2.0.11) can exit before a long input is all delivered; feed
-            # it in chunks of 1,000 lines, which it delivers whole.
-            for start in range(0, len(payloads), 1000):
-                subprocess.run(
-                    ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-q", "1",
-                     "-t", "v2x/v1/obu/car-1/bsm/up/float", "-l"],
-                    input=b"".join(payloads[start:start + 1000]), check=True,
-                )
+            publish(port, [("v2x/v1/obu/car-1/bsm/up/float", p) for p in payloads])
             t0 = time.time()
             proc, log = run_collector(binary, work, port, fsync, name, args.receive_maximum)
             end = time.time() + 300

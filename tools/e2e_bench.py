@@ -21,32 +21,16 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 
+from benchlib import publish, start_mosquitto, stats
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOPIC_BSM = "v2x/v1/obu/car-{}/bsm/up/float"
 TOPIC_RSM = "V2X/RSU/RSU{:04}/RSM/UP"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port, limit=10):
-    end = time.time() + limit
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    sys.exit(f"mosquitto did not listen on {port}")
 
 
 def backlog(n):
@@ -64,18 +48,6 @@ def backlog(n):
             out.append((TOPIC_BSM.format(i % 100), {"msgCnt": (i // 100) % 128, "id": f"car-{i % 100}", "timeStamp": t0 + i,
                                                      "pos": {"lat": 39.78 + (i % 1000) * 1e-6, "lon": 116.5}, "speed": 12.5, "heading": 90.0}))
     return [(t, json.dumps(p, separators=(",", ":")).encode()) for t, p in out]
-
-
-def publish(port, items):
-    """Publishes with mosquitto_pub, one call per topic run of at most 1,000 lines (longer -l
-    inputs are not all delivered by mosquitto_pub 2.0.11)."""
-    by_topic = {}
-    for t, p in items:
-        by_topic.setdefault(t, []).append(p)
-    for t, ps in by_topic.items():
-        for s in range(0, len(ps), 1000):
-            subprocess.run(["mosquitto_pub", "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-t", t, "-l"],
-                           input=b"\n".join(ps[s:s + 1000]) + b"\n", check=True)
 
 
 def timed(cmd, done, stderr_path=None, limit=600):
@@ -113,19 +85,6 @@ def hwm_kib(pid):
     return 0
 
 
-def stats(log):
-    last = {}
-    if os.path.exists(log):
-        for line in open(log):
-            try:
-                v = json.loads(line)
-            except ValueError:
-                continue
-            if v.get("fields", {}).get("message") == "ingest stats":
-                last = v["fields"]
-    return last
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=200_000)
@@ -137,14 +96,9 @@ def main():
     if not os.path.exists(binary):
         sys.exit(f"{binary} missing: run `cargo build --release` (or pass --binary)")
     work = tempfile.mkdtemp(prefix="v2x-e2e-")
-    port = free_port()
-    conf = os.path.join(work, "mosquitto.conf")
-    open(conf, "w").write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                          "max_queued_messages 0\nmax_inflight_messages 1000\nlog_dest none\n")
-    broker = subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    broker, port = start_mosquitto(work)
     results = {}
     try:
-        wait_port(port)
         items = backlog(n)
         raw_bytes = sum(len(p) for _, p in items)
         print(f"backlog: {n} messages, {raw_bytes} bytes of JSON, mosquitto on port {port}")
