@@ -125,7 +125,8 @@ struct ReplayArgs {
     /// Broker to publish to.
     #[arg(long, env = "V2X_BROKER", default_value = "mqtt://127.0.0.1:1883")]
     broker: String,
-    /// Topic for payloads that carry none of their own.
+    /// Topic for payloads that carry none of their own. For V2X-Seq CSV it replaces the
+    /// built-in topic; `{source_id}` in it becomes the intersection's source id.
     #[arg(long)]
     topic: Option<String>,
     /// Pace by the payloads' own timestamps.
@@ -139,6 +140,7 @@ struct ReplayArgs {
     /// MQTT client id (default: v2x-replay-<pid>).
     #[arg(long)]
     client_id: Option<String>,
+    /// Captures: JSON, NDJSON, or V2X-Seq trajectory / traffic-light CSV.
     #[arg(required = true)]
     files: Vec<PathBuf>,
 }

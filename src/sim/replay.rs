@@ -4,7 +4,9 @@
 //! - a JSON array whose elements are payloads (the radar capture `track.json`);
 //! - NDJSON, one payload per line (`derived_rsm_std_payloads.ndjson`);
 //! - NDJSON of `{"topic": ..., "payload": ...}` lines (topic plus payload);
-//! - one JSON object with `publish_topic` and `payload` (the OpenV2X function-test files).
+//! - one JSON object with `publish_topic` and `payload` (the OpenV2X function-test files);
+//! - V2X-Seq trajectory or traffic-light CSV, turned into `vehicle_object` and `spat_phase`
+//!   payloads on built-in topics ([`super::v2xseq`]).
 //!
 //! Payloads without a topic of their own need `--topic`. Pacing: as fast as the broker takes
 //! them (default), a fixed rate, or real time from the payloads' own timestamps.
@@ -62,6 +64,9 @@ pub fn read_file(path: &Path, topic: Option<&str>) -> Result<Vec<Item>, ReplayEr
 /// Parses file content; see the module docs for the forms.
 pub fn parse(bytes: &[u8], topic: Option<&str>) -> Result<Vec<Item>, String> {
     let body = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    if super::v2xseq::is_v2xseq_csv(body) {
+        return super::v2xseq::parse(body, topic).map_err(|e| e.to_string());
+    }
     let need_topic = || {
         topic
             .map(str::to_string)
