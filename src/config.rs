@@ -41,8 +41,7 @@ pub struct Config {
     pub wal: WalConfig,
     /// Directory of schema files (`*.toml`). Empty: the schemas built into the binary.
     pub schema_dir: Option<PathBuf>,
-    /// HTTP address for the dashboard and metrics (served once that issue lands).
-    pub http: SocketAddr,
+    pub http: HttpConfig,
     /// Seconds between the `ingest stats` log lines.
     pub stats_interval_s: f64,
     pub mqtt: MqttConfig,
@@ -61,7 +60,7 @@ impl Default for Config {
             wal_dir: PathBuf::from("wal"),
             wal: WalConfig::default(),
             schema_dir: None,
-            http: SocketAddr::from(([127, 0, 0, 1], 9180)),
+            http: HttpConfig::default(),
             stats_interval_s: 10.0,
             mqtt: MqttConfig::default(),
             embedded: EmbeddedConfig::default(),
@@ -70,6 +69,43 @@ impl Default for Config {
             time: TimeConfig::default(),
             writer: WriterConfig::default(),
         }
+    }
+}
+
+/// The HTTP server: dashboard, `/metrics`, `/healthz`, `/readyz`, `/api/status`.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Serve HTTP at all.
+    pub enabled: bool,
+    /// Listen address; port 0 picks a free port (logged as `http listening`).
+    pub listen: SocketAddr,
+    /// Bearer token every route but `/healthz` requires. Mandatory when `listen` is not a
+    /// loopback address; optional on loopback. Never logged.
+    pub token: Option<String>,
+    /// A source that sent nothing for this long is flagged silent.
+    pub silent_after_s: f64,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            enabled: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
+            token: None,
+            silent_after_s: 10.0,
+        }
+    }
+}
+
+impl std::fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("enabled", &self.enabled)
+            .field("listen", &self.listen)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("silent_after_s", &self.silent_after_s)
+            .finish()
     }
 }
 
@@ -373,6 +409,27 @@ impl Config {
         if let Some(url) = &self.mqtt.broker {
             parse_broker_url(url)?;
         }
+        if self.http.enabled {
+            match self.http.token.as_deref() {
+                Some(t) if t.len() < 16 || t.chars().any(char::is_whitespace) => {
+                    return Err(ConfigError::Invalid(
+                        "http.token must be at least 16 characters without whitespace".into(),
+                    ));
+                }
+                None if !self.http.listen.ip().is_loopback() => {
+                    return Err(ConfigError::Invalid(format!(
+                        "http.listen {} is not a loopback address: set http.token (or V2X_HTTP_TOKEN) so the dashboard, metrics and status need it",
+                        self.http.listen
+                    )));
+                }
+                _ => {}
+            }
+            if self.http.silent_after_s.is_nan() || self.http.silent_after_s <= 0.0 {
+                return Err(ConfigError::Invalid(
+                    "http.silent_after_s must be positive".into(),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -451,7 +508,7 @@ mod tests {
         let c: Config = toml::from_str("").unwrap();
         assert_eq!(c.data_dir, PathBuf::from("data"));
         assert_eq!(c.embedded.listen.to_string(), "127.0.0.1:1883");
-        assert_eq!(c.http.to_string(), "127.0.0.1:9180");
+        assert_eq!(c.http.listen.to_string(), "127.0.0.1:9180");
         assert!(c.mqtt.max_packet_bytes >= 1024 * 1024);
         c.validate().unwrap();
     }

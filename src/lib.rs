@@ -8,6 +8,7 @@
 pub mod config;
 pub mod decode;
 pub mod failpoint;
+pub mod http;
 pub mod pipeline;
 pub mod quarantine;
 pub mod route;
@@ -15,4 +16,5 @@ pub mod schema;
 pub mod sim;
 pub mod sink;
 pub mod source;
+pub mod status;
 pub mod wal;

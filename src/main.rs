@@ -71,9 +71,12 @@ struct RunArgs {
     /// Listen address of the embedded broker.
     #[arg(long, env = "V2X_LISTEN")]
     listen: Option<SocketAddr>,
-    /// HTTP address for dashboard and metrics.
+    /// HTTP address for dashboard, metrics and status (default 127.0.0.1:9180).
     #[arg(long, env = "V2X_HTTP")]
     http: Option<SocketAddr>,
+    /// Bearer token for the HTTP server (required when it listens off loopback).
+    #[arg(long, env = "V2X_HTTP_TOKEN", hide_env_values = true)]
+    http_token: Option<String>,
     /// MQTT client id (keep it fixed: the persistent session is bound to it).
     #[arg(long, env = "V2X_CLIENT_ID")]
     client_id: Option<String>,
@@ -110,6 +113,9 @@ struct SimulateArgs {
     count: Option<u64>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Put before every RSU esn and vehicle id, so that two simulators do not collide.
+    #[arg(long, default_value = "")]
+    id_prefix: String,
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=1))]
     qos: u8,
     /// MQTT connections to spread the messages over.
@@ -236,7 +242,10 @@ fn load_run_config(args: RunArgs) -> anyhow::Result<Config> {
         c.embedded.listen = v;
     }
     if let Some(v) = args.http {
-        c.http = v;
+        c.http.listen = v;
+    }
+    if let Some(v) = args.http_token {
+        c.http.token = Some(v);
     }
     if let Some(v) = args.client_id {
         c.mqtt.client_id = Some(v);
@@ -306,6 +315,16 @@ fn simulate(args: SimulateArgs) -> Result<(), (u8, anyhow::Error)> {
     if args.hz <= 0.0 || !args.hz.is_finite() {
         return Err((2, anyhow::anyhow!("--hz must be positive")));
     }
+    // The prefix starts every source id, so it must be one itself (no topic separators).
+    if !args.id_prefix.is_empty() && !v2x_collector::route::is_safe_identifier(&args.id_prefix) {
+        return Err((
+            2,
+            anyhow::anyhow!(
+                "--id-prefix {:?} must start with a letter or digit and use only A-Z a-z 0-9 _ . -",
+                args.id_prefix
+            ),
+        ));
+    }
     let settings = SimulateSettings {
         publish: PublishSettings {
             host,
@@ -318,6 +337,7 @@ fn simulate(args: SimulateArgs) -> Result<(), (u8, anyhow::Error)> {
         vehicles: args.vehicles,
         hz: args.hz,
         seed: args.seed,
+        id_prefix: args.id_prefix,
         duration: args.duration.map(std::time::Duration::from_secs_f64),
         count: args.count,
         max: args.max,

@@ -45,6 +45,8 @@ pub enum RunError {
     Uncommitted(usize),
     #[error("a pipeline thread failed: {0}")]
     Thread(String),
+    #[error(transparent)]
+    Http(#[from] crate::http::HttpError),
 }
 
 impl RunError {
@@ -52,7 +54,7 @@ impl RunError {
     pub fn exit_code(&self) -> i32 {
         match self {
             RunError::Config(_) | RunError::Schema(_) | RunError::Route(_) => 2,
-            RunError::Embedded(EmbeddedError::Bind { .. }) => 2,
+            RunError::Embedded(EmbeddedError::Bind { .. }) | RunError::Http(_) => 2,
             _ => 1,
         }
     }
@@ -123,6 +125,8 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Summary, RunError> {
     config.validate()?;
+    // Before any metric handle exists (the decoder registers its counters when built).
+    let prometheus = config.http.enabled.then(crate::http::prometheus);
     let mut decoder = build_decoder(&config)?;
     let kinds: Vec<_> = decoder.kinds().iter().map(|k| k.schema.clone()).collect();
     let mut writer = PartitionWriter::new(
@@ -207,6 +211,33 @@ pub async fn run(
     let (msg_tx, msg_rx) = std::sync::mpsc::channel::<Message>();
     let source = mqtt::spawn(source_settings, msg_tx);
 
+    let published = crate::status::Published::default();
+    let http = match prometheus {
+        Some(prometheus) => {
+            let shared = crate::http::Shared::new(crate::http::StatusInputs {
+                collector_id: config.collector_id.clone(),
+                kinds: kinds.iter().map(|k| k.kind.clone()).collect(),
+                silent_after_s: config.http.silent_after_s,
+                data_dir: config.data_dir.clone(),
+                wal_dir: config.wal_dir.clone(),
+                wal_max_bytes: config.wal.max_bytes,
+                stats: stats.clone(),
+                source: source.state.clone(),
+                activity: published.clone(),
+                prometheus,
+            });
+            let token = config.http.token.clone();
+            match crate::http::Server::start(config.http.listen, token, Arc::new(shared)).await {
+                Ok(server) => Some(server),
+                Err(e) => {
+                    source.shutdown().await;
+                    return Err(e.into());
+                }
+            }
+        }
+        None => None,
+    };
+
     let (writer_tx, writer_rx) =
         std::sync::mpsc::sync_channel::<WriterMsg>(config.writer.channel_capacity.max(1));
     let writer_stats = stats.clone();
@@ -234,6 +265,7 @@ pub async fn run(
             tokens: Vec::with_capacity(config.decode.batch_messages),
             pending: Vec::with_capacity(config.decode.batch_messages),
             oldest: None,
+            activity: crate::status::Publisher::new(published, Duration::from_millis(500)),
         };
         let batch_messages = config.decode.batch_messages;
         let max_delay = Duration::from_millis(config.decode.batch_max_delay_ms.max(1));
@@ -271,6 +303,9 @@ pub async fn run(
     let (sink, failed) =
         writer_result.map_err(|_| RunError::Thread("writer thread panicked".into()))?;
     log_stats(&state, &stats);
+    if let Some(server) = http {
+        server.shutdown().await;
+    }
     if failed > 0 {
         return Err(RunError::Uncommitted(failed));
     }
@@ -438,6 +473,7 @@ struct Ingest {
     tokens: Vec<AckToken>,
     pending: Vec<Pending>,
     oldest: Option<Instant>,
+    activity: crate::status::Publisher,
 }
 
 impl Ingest {
@@ -650,6 +686,7 @@ impl Ingest {
                 Err(RecvTimeoutError::Timeout) => channel_empty = true,
                 Err(RecvTimeoutError::Disconnected) => disconnected = true,
             }
+            self.activity.maybe_publish(self.decoder.activity());
             let due = self.oldest.is_some_and(|t| t.elapsed() >= max_delay);
             let stopping = disconnected || (self.draining.load(Ordering::SeqCst) && channel_empty);
             // Flushing whenever the channel runs dry keeps acks prompt under light load (the

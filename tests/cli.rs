@@ -165,6 +165,7 @@ fn readme_documents_every_config_key() {
         "mqtt.password",
         "embedded.listen_v5",
         "time.max_past_skew_s",
+        "http.token",
     ] {
         if !readme.contains(&format!("`{name}`")) {
             missing.push(name.to_string());

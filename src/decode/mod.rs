@@ -372,6 +372,7 @@ pub struct Decoder {
     lineage: Vec<u32>,
     pending_rows: usize,
     sequences: SequenceTracker,
+    activity: crate::status::Activity,
 }
 
 /// Per (kind, source): the last message counter, and the gaps seen.
@@ -443,7 +444,9 @@ impl Decoder {
                 )
             })
             .collect();
+        let activity = crate::status::Activity::new(kinds.len());
         Ok(Decoder {
+            activity,
             router: Arc::new(router),
             kinds,
             kind_index,
@@ -463,6 +466,11 @@ impl Decoder {
 
     pub fn kinds(&self) -> &[KindDecoder] {
         &self.kinds
+    }
+
+    /// Messages per kind and per source, and recent quarantine examples.
+    pub fn activity(&self) -> &crate::status::Activity {
+        &self.activity
     }
 
     /// Rows (and quarantine rows) waiting in builders.
@@ -486,21 +494,21 @@ impl Decoder {
                     self.settings.max_payload_bytes
                 ),
             );
-            return self.reject(m, None, r);
+            return self.reject(m, None, None, r);
         }
         let router = Arc::clone(&self.router);
         let route = match router.route(m.topic) {
             Ok(route) => route,
             Err(RouteError::NoMatch) => {
                 let r = Rejection::new(Reason::UnknownTopic, "topic matches no route template");
-                return self.reject(m, None, r);
+                return self.reject(m, None, None, r);
             }
             Err(RouteError::UnsafeSourceId) => {
                 let r = Rejection::new(
                     Reason::InvalidSourceId,
                     "the source id segment of the topic is not a safe identifier",
                 );
-                return self.reject(m, None, r);
+                return self.reject(m, None, None, r);
             }
         };
         match self.kind_index.get(route.kind).copied() {
@@ -510,7 +518,7 @@ impl Decoder {
                     Reason::UnknownKind,
                     format!("no schema for kind {:?}", route.kind),
                 );
-                self.reject(m, None, r)
+                self.reject(m, None, None, r)
             }
         }
     }
@@ -535,12 +543,11 @@ impl Decoder {
             staged = self.stage(kind, profile, topic_source, repaired.as_bytes(), m.recv_us);
         }
         match staged {
-            Err(r) => {
-                let kind_name = self.kinds[kind].schema.kind.clone();
-                self.reject(m, Some(&kind_name), r)
-            }
+            Err(r) => self.reject(m, Some(kind), topic_source, r),
             Ok(staged) => {
                 let rows = staged.events.len();
+                self.activity
+                    .filed(kind, &staged.source_id, rows, m.recv_us);
                 self.track_sequence(kind, &staged);
                 self.append(kind, m, staged);
                 let k = &self.kinds[kind];
@@ -565,6 +572,7 @@ impl Decoder {
         };
         let missed = self.sequences.observe(kind, &s.source_id, *v, modulo);
         if missed > 0 {
+            self.activity.gap(&s.source_id);
             let k = &self.kinds[kind];
             k.gaps.increment(1);
             k.gap_messages.increment(missed);
@@ -583,10 +591,19 @@ impl Decoder {
         &self.sequences
     }
 
-    fn reject(&mut self, m: &Raw, kind: Option<&str>, r: Rejection) -> Outcome {
+    fn reject(
+        &mut self,
+        m: &Raw,
+        kind: Option<usize>,
+        source: Option<&str>,
+        r: Rejection,
+    ) -> Outcome {
         if let Some(c) = self.quarantine_counters.get(&r.reason) {
             c.increment(1);
         }
+        self.activity
+            .quarantined(kind, source, m, r.reason, &r.detail);
+        let kind = kind.map(|k| self.kinds[k].schema.kind.as_str());
         tracing::debug!(topic = %m.topic.escape_debug(), reason = %r.reason, error = %r.detail, "quarantined");
         let hour = m.recv_us.div_euclid(US_PER_HOUR) * US_PER_HOUR;
         let uid_hex = hex128(m.uid);

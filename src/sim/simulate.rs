@@ -17,6 +17,8 @@ pub struct SimulateSettings {
     pub vehicles: usize,
     pub hz: f64,
     pub seed: u64,
+    /// Put before every RSU esn and vehicle id (see [`Zone::with_id_prefix`]).
+    pub id_prefix: String,
     pub duration: Option<Duration>,
     pub count: Option<u64>,
     pub max: bool,
@@ -29,7 +31,8 @@ pub async fn run(
     mut progress: impl FnMut(u64, f64),
 ) -> Result<u64, ReplayError> {
     let start_ms = chrono::Utc::now().timestamp_millis();
-    let mut zone = Zone::new(s.seed, s.rsus, s.vehicles, s.hz, start_ms);
+    let mut zone =
+        Zone::new(s.seed, s.rsus, s.vehicles, s.hz, start_ms).with_id_prefix(&s.id_prefix);
     let mut pubs: Vec<Publisher> = (0..s.connections.max(1))
         .map(|i| {
             let mut p = s.publish.clone();

@@ -59,6 +59,8 @@ struct Participant {
 #[derive(Debug, Clone)]
 struct Rsu {
     esn: String,
+    /// 1-based, the intersection id in SPAT.
+    number: usize,
     lat: f64,
     lon: f64,
     participants: Vec<Participant>,
@@ -123,6 +125,7 @@ impl Zone {
                     .collect();
                 Rsu {
                     esn: format!("RSU{:04}", i + 1),
+                    number: i + 1,
                     lat: LAT0 + 0.006 * (i / 4) as f64,
                     lon: LON0 + 0.008 * (i % 4) as f64,
                     participants,
@@ -145,6 +148,18 @@ impl Zone {
             hz: hz.max(0.1),
             start_ms,
         }
+    }
+
+    /// Prefixes every RSU esn and vehicle id, so that two simulators publishing to one broker
+    /// do not collide. The payloads change only where they carry those ids.
+    pub fn with_id_prefix(mut self, prefix: &str) -> Zone {
+        for rsu in &mut self.rsus {
+            rsu.esn.insert_str(0, prefix);
+        }
+        for v in &mut self.vehicles {
+            v.id.insert_str(0, prefix);
+        }
+        self
     }
 
     /// Messages per tick, on average (for rates and counts).
@@ -388,7 +403,7 @@ fn spat(rsu: &Rsu, t: f64, now_ms: i64) -> SimMessage {
     SimMessage {
         topic: format!("V2X/RSU/{}/SPAT/UP", rsu.esn),
         payload: json!({"msgCnt": 1, "moy": moy, "timeStamp": now_ms.rem_euclid(60_000),
-            "intersections": [{"intersectionId": {"region": 1, "id": rsu.esn[3..].parse::<i64>().unwrap_or(0)},
+            "intersections": [{"intersectionId": {"region": 1, "id": rsu.number},
             "status": "0000000000000000", "phases": phases}]})
         .to_string()
         .into_bytes(),
@@ -437,6 +452,40 @@ mod tests {
         };
         assert_eq!(run(7), run(7));
         assert_ne!(run(7), run(8));
+    }
+
+    #[test]
+    fn id_prefix_renames_every_source_and_nothing_else() {
+        let run = |prefix: &str| {
+            let mut z = Zone::new(7, 3, 4, 10.0, START).with_id_prefix(prefix);
+            (0..320).flat_map(|n| z.tick(n)).collect::<Vec<_>>()
+        };
+        let plain = run("");
+        let prefixed = run("x1-");
+        assert_eq!(prefixed, run("x1-"), "same seed and prefix, same bytes");
+        assert_eq!(plain.len(), prefixed.len());
+        let router = crate::route::Router::new("/", &crate::route::builtin_routes()).unwrap();
+        let source = |m: &SimMessage| {
+            let text = String::from_utf8_lossy(&m.payload);
+            match router.route(&m.topic).unwrap().source_id {
+                Some(id) => id.to_string(),
+                // Heartbeats name their unit in the payload.
+                None => serde_json::from_str::<serde_json::Value>(&text).unwrap()["rsuEsn"]
+                    .as_str()
+                    .unwrap()
+                    .to_string(),
+            }
+        };
+        for (a, b) in plain.iter().zip(&prefixed) {
+            assert_eq!(format!("x1-{}", source(a)), source(b), "{}", b.topic);
+            // Only the ids differ: removing the prefix gives the unprefixed message back.
+            let strip = |s: &str| s.replace("x1-", "");
+            assert_eq!(a.topic, strip(&b.topic));
+            assert_eq!(
+                String::from_utf8_lossy(&a.payload),
+                strip(&String::from_utf8_lossy(&b.payload))
+            );
+        }
     }
 
     #[test]

@@ -173,8 +173,14 @@ impl Workspace {
     pub fn config(&self, extra: &str) -> PathBuf {
         let path = self.dir.path().join("config.toml");
         let data = self.data();
+        // Each collector's HTTP server on a free port unless the test configures it.
+        let http = if extra.contains("[http]") {
+            ""
+        } else {
+            "[http]\nlisten = \"127.0.0.1:0\"\n"
+        };
         let text = format!(
-            "collector_id = \"test\"\ndata_dir = {:?}\nwal_dir = {:?}\nstats_interval_s = 0.2\n{extra}\n",
+            "collector_id = \"test\"\ndata_dir = {:?}\nwal_dir = {:?}\nstats_interval_s = 0.2\n{http}{extra}\n",
             data.display().to_string(),
             self.dir.path().join("wal").display().to_string()
         );
@@ -247,6 +253,22 @@ impl Collector {
             std::thread::sleep(Duration::from_millis(50));
         }
         None
+    }
+
+    /// The HTTP server's address, from its `http listening` log line.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.wait_log("http listening", Duration::from_secs(30));
+        for line in self.log_text().lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if v["fields"]["message"] == "http listening"
+                && let Some(addr) = v["fields"]["addr"].as_str()
+            {
+                return addr.parse().unwrap();
+            }
+        }
+        panic!("no http listening line with an addr field")
     }
 
     pub fn log_text(&self) -> String {
@@ -599,4 +621,56 @@ pub fn drain(ws: &Workspace, broker: &Mosquitto) {
     }
     let status = c.stop();
     assert!(status.success(), "{}", c.log_text());
+}
+
+/// One HTTP/1.1 GET on loopback: (status, body). `token` becomes a Bearer header.
+pub fn http_get(
+    addr: std::net::SocketAddr,
+    path: &str,
+    token: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(raw.len(), |p| p + 4);
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let mut body = raw[split..].to_vec();
+    if head.contains("transfer-encoding: chunked") {
+        body = dechunk(&body);
+    }
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(eol) = body.windows(2).position(|w| w == b"\r\n") {
+        let size = String::from_utf8_lossy(&body[..eol]);
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        let rest = &body[eol + 2..];
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.extend_from_slice(&rest[..n]);
+        body = rest[n..].strip_prefix(b"\r\n").unwrap_or(&rest[n..]);
+    }
+    out
 }

@@ -1,0 +1,170 @@
+//! The HTTP server: the bearer token, readiness, and a source going silent in `/api/status`.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{Mosquitto, Workspace, http_get, messages, publish_lines};
+
+const TOKEN: &str = "test-token-0123456789abcdef";
+
+fn status(addr: std::net::SocketAddr, token: Option<&str>) -> serde_json::Value {
+    let (code, body) = http_get(addr, "/api/status", token).unwrap();
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[test]
+fn off_loopback_without_a_token_is_a_configuration_error() {
+    let ws = Workspace::new();
+    let config =
+        ws.config("[mqtt]\nbroker = \"mqtt://127.0.0.1:1\"\n[http]\nlisten = \"0.0.0.0:0\"\n");
+    let out = Command::new(env!("CARGO_BIN_EXE_v2x-collector"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("http.token"), "{err}");
+
+    // The flag alone is refused too; a short token as well.
+    let out = Command::new(env!("CARGO_BIN_EXE_v2x-collector"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .args(["--http", "127.0.0.1:0", "--http-token", "short"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("at least 16"), "{err}");
+}
+
+#[test]
+fn the_token_guards_data_routes_but_not_liveness() {
+    let broker = Mosquitto::start();
+    let ws = Workspace::new();
+    let extra = format!(
+        "{}[http]\nlisten = \"127.0.0.1:0\"\n",
+        common::config(&broker)
+    );
+    let mut c = ws.start_with_env(&extra, &[], &[("V2X_HTTP_TOKEN", TOKEN)]);
+    let addr = c.http_addr();
+
+    for path in ["/api/status", "/metrics", "/readyz"] {
+        let (code, _) = http_get(addr, path, None).unwrap();
+        assert_eq!(code, 401, "{path} without a token");
+        let (code, _) = http_get(addr, path, Some("test-token-0123456789abcdeX")).unwrap();
+        assert_eq!(code, 401, "{path} with a wrong token");
+        let (code, _) = http_get(addr, path, Some(&TOKEN[..TOKEN.len() - 1])).unwrap();
+        assert_eq!(code, 401, "{path} with a prefix of the token");
+        let (code, body) = http_get(addr, path, Some(TOKEN)).unwrap();
+        assert_eq!(code, 200, "{path} with the token: {body}");
+    }
+    let (code, body) = http_get(addr, "/healthz", None).unwrap();
+    assert_eq!((code, body.trim()), (200, "ok"));
+    let (code, page) = http_get(addr, "/", None).unwrap();
+    assert_eq!(code, 200);
+    assert!(page.contains("<html"), "the dashboard page");
+    let (code, _) = http_get(addr, "/../../etc/passwd", Some(TOKEN)).unwrap();
+    assert_eq!(code, 404);
+
+    let ready = http_get(addr, "/readyz", Some(TOKEN)).unwrap().1;
+    assert_eq!(ready.trim(), "ready");
+    assert!(c.stop().success());
+    assert!(
+        !c.log_text().contains(TOKEN),
+        "the token must never be logged"
+    );
+}
+
+#[test]
+fn status_flags_a_source_that_went_silent() {
+    let broker = Mosquitto::start();
+    let ws = Workspace::new();
+    let extra = format!(
+        "{}[http]\nlisten = \"127.0.0.1:0\"\nsilent_after_s = 2.0\n",
+        common::config(&broker)
+    );
+    let mut c = ws.start(&extra, &[]);
+    let addr = c.http_addr();
+    let quiet = "v2x/v1/obu/quiet-car/bsm/up/float";
+    let busy = "v2x/v1/obu/busy-car/bsm/up/float";
+    publish_lines(broker.port, quiet, &messages(0..20));
+
+    // The busy source keeps sending; wait (bounded) until the quiet one is flagged.
+    let started = Instant::now();
+    let mut i = 20;
+    let mut seen_fresh = false;
+    let last = loop {
+        publish_lines(broker.port, busy, &messages(i..i + 5));
+        i += 5;
+        let s = status(addr, None);
+        let find = |id: &str| {
+            s["sources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["source_id"] == id)
+                .cloned()
+        };
+        if let (Some(q), Some(b)) = (find("quiet-car"), find("busy-car")) {
+            if q["silent"] == false {
+                seen_fresh = true;
+            }
+            if q["silent"] == true {
+                assert_eq!(b["silent"], false, "{s:#}");
+                assert_eq!(q["messages"], 20, "{s:#}");
+                assert_eq!(q["kinds"], serde_json::json!(["bsm"]));
+                assert!(q["silent_for_s"].as_f64().unwrap() > 2.0);
+                break s;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "quiet-car never flagged silent: {s:#}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(
+        seen_fresh,
+        "quiet-car was listed as sending before it went silent"
+    );
+    assert!(
+        last["kinds"].as_array().unwrap().len() >= 8,
+        "every kind is listed"
+    );
+
+    // Every published message is counted for its kind, once the last ones are in.
+    let started = Instant::now();
+    loop {
+        let s = status(addr, None);
+        let bsm = s["kinds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kind"] == "bsm")
+            .cloned()
+            .unwrap();
+        if bsm["messages"].as_u64() == Some(i as u64) {
+            assert_eq!(s["totals"]["decoded"].as_u64(), Some(i as u64), "{s:#}");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "bsm messages never reached {i}: {s:#}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // The same count in Prometheus.
+    let metrics = http_get(addr, "/metrics", None).unwrap().1;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("v2x_sources_silent ") && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    assert!(c.stop().success());
+}
