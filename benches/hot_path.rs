@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use v2x_collector::config::Config;
-use v2x_collector::decode::{Decoder, Outcome};
+use v2x_collector::decode::{Decoder, Outcome, Raw};
 use v2x_collector::pipeline::build_decoder;
 use v2x_collector::sink::{FileSettings, parquet_file};
+use v2x_collector::wal::Wal;
 
 const RECV_US: i64 = 1_764_320_444_000_000; // 2025-11-28T09:00:44Z
 
@@ -106,6 +107,42 @@ fn bench(c: &mut Criterion) {
             )
             .unwrap();
             parquet_bytes = done.bytes;
+        })
+    });
+    g.finish();
+
+    // The whole in-process path as `run` does it: every message appended to the WAL and
+    // decoded, one fsync per group of `decode.batch_messages`, then one committed file.
+    let mut g = c.benchmark_group("wal_decode_parquet");
+    g.sample_size(10);
+    g.measurement_time(Duration::from_secs(10));
+    g.throughput(Throughput::Elements(bsms.len() as u64));
+    let wal_dir = tempfile::tempdir().unwrap();
+    let group = Config::default().decode.batch_messages;
+    g.bench_function("bsm_messages", |b| {
+        let mut d = decoder();
+        let mut wal = Wal::open(wal_dir.path(), 0, 64 << 20).unwrap();
+        let topic = "V2X/OBU/car-1/BSM/UP";
+        b.iter(|| {
+            for (i, p) in bsms.iter().enumerate() {
+                wal.append(RECV_US, 1, false, topic, p).unwrap();
+                d.decode_raw(&Raw::new(topic, p, RECV_US));
+                if (i + 1) % group == 0 {
+                    wal.sync().unwrap();
+                }
+            }
+            wal.sync().unwrap();
+            let batches: Vec<_> = d.take_batches().into_iter().map(|b| b.batch).collect();
+            n += 1;
+            parquet_file::commit(
+                dir.path(),
+                &format!("bench-{n:020}.parquet"),
+                &batches,
+                &["source_id", "event_ts"],
+                None,
+                &settings,
+            )
+            .unwrap();
         })
     });
     g.finish();
