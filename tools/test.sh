@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The whole test suite. Installs what the tests need (mosquitto, mosquitto_pub) when missing,
-# then runs `cargo test`. Extra arguments go to cargo test.
+# The whole test suite. Installs what the tests need when missing (mosquitto, mosquitto_pub, and
+# Debian's chromium for the dashboard's browser test), then runs `cargo test`. Extra arguments go
+# to cargo test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,9 @@ fi
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+# tests/dashboard.rs drives /usr/bin/chromium over the DevTools protocol (no chromedriver);
+# the fonts make its screenshots readable.
+[ -x /usr/bin/chromium ] || need+=(chromium fonts-liberation)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]} for the integration tests" >&2
     sudo=""

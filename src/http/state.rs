@@ -224,14 +224,18 @@ impl Shared {
             .collect();
 
         let limit = self.inputs.silent_after_s;
-        let before: HashMap<&str, (Instant, u64)> = samples
+        // Counts at the oldest of the last ten samples; a source that was not there yet
+        // started from zero.
+        let (oldest_at, before): (Option<Instant>, HashMap<&str, u64>) = samples
             .sources
             .front()
             .map(|(at, old)| {
-                old.sources
+                let counts = old
+                    .sources
                     .iter()
-                    .map(|(id, s)| (&**id, (*at, s.messages + s.quarantined)))
-                    .collect()
+                    .map(|(id, s)| (&**id, s.messages + s.quarantined))
+                    .collect();
+                (Some(*at), counts)
             })
             .unwrap_or_default();
         let newest_at = samples.sources.back().map(|(at, _)| *at);
@@ -241,13 +245,16 @@ impl Shared {
             .into_iter()
             .map(|(id, s)| {
                 let total = s.messages + s.quarantined;
-                let rate_10s = match (before.get(&**id), newest_at) {
-                    (Some((at, old)), Some(newest)) if newest > *at => {
-                        total.saturating_sub(*old) as f64 / newest.duration_since(*at).as_secs_f64()
+                let silent_for = (now - s.last_seen_us).max(0) as f64 / 1e6;
+                let old = before.get(&**id).copied().unwrap_or(0);
+                let rate_10s = match (oldest_at, newest_at) {
+                    // A silent source sends nothing now, whatever the window still holds.
+                    _ if silent_for > limit => 0.0,
+                    (Some(at), Some(newest)) if newest > at => {
+                        total.saturating_sub(old) as f64 / newest.duration_since(at).as_secs_f64()
                     }
                     _ => 0.0,
                 };
-                let silent_for = (now - s.last_seen_us).max(0) as f64 / 1e6;
                 let kinds: Vec<&str> = (0..64)
                     .filter(|k| s.kinds & (1 << k) != 0)
                     .filter_map(|k| self.inputs.kinds.get(k).map(String::as_str))
