@@ -378,7 +378,9 @@ pub struct Decoder {
 /// Per (kind, source): the last message counter, and the gaps seen.
 #[derive(Debug, Default)]
 pub struct SequenceTracker {
-    last: HashMap<(usize, String), i64>,
+    /// Per kind index: source -> last counter (looked up by `&str`: no allocation per message).
+    last: Vec<HashMap<Box<str>, i64>>,
+    tracked: usize,
     /// Gap events and messages missed, per (kind, source).
     pub gaps: HashMap<(usize, String), (u64, u64)>,
     pub total_missed: u64,
@@ -391,24 +393,32 @@ impl SequenceTracker {
     /// Returns how many messages were missed before this one (0 when in order or repeated).
     fn observe(&mut self, kind: usize, source: &str, value: i64, modulo: i64) -> u64 {
         let value = value.rem_euclid(modulo);
-        let key = (kind, source.to_string());
-        let missed = match self.last.get(&key) {
+        if self.last.len() <= kind {
+            self.last.resize_with(kind + 1, HashMap::new);
+        }
+        let last = &mut self.last[kind];
+        let missed = match last.get_mut(source) {
             None => {
-                if self.last.len() >= MAX_TRACKED_SOURCES {
+                if self.tracked < MAX_TRACKED_SOURCES {
+                    self.tracked += 1;
+                    last.insert(source.into(), value);
+                }
+                return 0;
+            }
+            Some(last) => {
+                let previous = std::mem::replace(last, value);
+                if value == previous {
                     return 0;
                 }
-                0
+                ((value - previous - 1).rem_euclid(modulo)) as u64
             }
-            Some(&last) if value == last => 0,
-            Some(&last) => ((value - last - 1).rem_euclid(modulo)) as u64,
         };
         if missed > 0 {
-            let g = self.gaps.entry(key.clone()).or_default();
+            let g = self.gaps.entry((kind, source.to_string())).or_default();
             g.0 += 1;
             g.1 += missed;
             self.total_missed += missed;
         }
-        self.last.insert(key, value);
         missed
     }
 }
