@@ -17,4 +17,5 @@ pub mod sim;
 pub mod sink;
 pub mod source;
 pub mod status;
+pub mod top;
 pub mod wal;

@@ -47,11 +47,26 @@ enum Command {
     Simulate(SimulateArgs),
     /// Publish captured payloads (JSON array, NDJSON, topic+payload NDJSON) to a broker.
     Replay(ReplayArgs),
+    /// Live status of a running collector in the terminal (its /api/status).
+    Top(TopArgs),
     /// List, show and check the declared schemas.
     Schema {
         #[command(subcommand)]
         command: SchemaCommand,
     },
+}
+
+#[derive(Args)]
+struct TopArgs {
+    /// The collector's HTTP address.
+    #[arg(long, env = "V2X_HTTP", default_value = "127.0.0.1:9180")]
+    http: String,
+    /// Bearer token, when the collector requires one.
+    #[arg(long, env = "V2X_HTTP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Print one plain frame and exit (for scripts).
+    #[arg(long)]
+    once: bool,
 }
 
 #[derive(Args)]
@@ -205,6 +220,15 @@ fn main() -> ExitCode {
                 ExitCode::from(code)
             }
         },
+        Command::Top(args) => {
+            match v2x_collector::top::run(&args.http, args.token.as_deref(), args.once) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
         Command::Schema { command } => match schema(command) {
             Ok(code) => code,
             Err(e) => {

@@ -103,6 +103,16 @@ fn rate(samples: &VecDeque<Sample>, k: usize, secs: usize) -> f64 {
 
 impl Shared {
     pub fn new(inputs: StatusInputs) -> Shared {
+        // Counters that only move on trouble exist from the start, so that `increase()` sees
+        // their first event.
+        for name in [
+            "v2x_dedup_hits_total",
+            "v2x_sink_commit_errors_total",
+            "v2x_source_session_lost_total",
+            "v2x_wal_errors_total",
+        ] {
+            metrics::counter!(name).increment(0);
+        }
         Shared {
             prometheus: inputs.prometheus.clone(),
             inputs,
@@ -185,6 +195,7 @@ impl Shared {
             0.0
         });
         metrics::gauge!("v2x_wal_max_bytes").set(self.inputs.wal_max_bytes as f64);
+        metrics::gauge!("v2x_wal_bytes").set(crate::wal::disk_bytes(&self.inputs.wal_dir) as f64);
         metrics::gauge!("v2x_sources_seen").set(a.sources.len() as f64);
         metrics::gauge!("v2x_sources_silent").set(self.silent_count(&a, now_us()) as f64);
         metrics::gauge!("v2x_uptime_seconds").set(self.started.elapsed().as_secs_f64());
