@@ -82,8 +82,9 @@ fn queue_overflow_while_offline_is_reported_per_source() {
                 .is_some_and(|m| m.starts_with("message counter jumped"))
         })
         .unwrap();
-    assert_eq!(gap["fields"]["source_id"], "car-1");
-    assert_eq!(gap["fields"]["kind"], "bsm");
+    // Kind and source come from the event's span.
+    assert_eq!(gap["span"]["source_id"], "car-1", "{gap}");
+    assert_eq!(gap["span"]["kind"], "bsm", "{gap}");
     assert_eq!(gap["fields"]["missed"], 50);
     assert!(c.stop().success());
     assert_eq!(c.stats().unwrap()["gap_messages"], 50);

@@ -586,9 +586,10 @@ impl Decoder {
             let k = &self.kinds[kind];
             k.gaps.increment(1);
             k.gap_messages.increment(missed);
+            let _span =
+                tracing::info_span!("message", kind = %k.schema.kind, source_id = %s.source_id)
+                    .entered();
             tracing::warn!(
-                kind = %k.schema.kind,
-                source_id = %s.source_id,
                 missed,
                 counter = *v,
                 "message counter jumped: messages lost upstream"
@@ -614,7 +615,15 @@ impl Decoder {
         self.activity
             .quarantined(kind, source, m, r.reason, &r.detail);
         let kind = kind.map(|k| self.kinds[k].schema.kind.as_str());
-        tracing::debug!(topic = %m.topic.escape_debug(), reason = %r.reason, error = %r.detail, "quarantined");
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let _span = tracing::debug_span!(
+                "message",
+                kind = kind.unwrap_or("-"),
+                source_id = source.unwrap_or("-")
+            )
+            .entered();
+            tracing::debug!(topic = %m.topic.escape_debug(), reason = %r.reason, error = %r.detail, "quarantined");
+        }
         let hour = m.recv_us.div_euclid(US_PER_HOUR) * US_PER_HOUR;
         let uid_hex = hex128(m.uid);
         let m = crate::quarantine::Quarantined {

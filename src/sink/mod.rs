@@ -392,6 +392,7 @@ impl PartitionWriter {
             self.stats.files_committed += 1;
             self.stats.rows_committed += t.rows as u64;
             self.stats.bytes_committed += t.bytes;
+            let _span = tracing::debug_span!("commit", kind = %table).entered();
             tracing::debug!(path = %t.path.display(), rows = t.rows, bytes = t.bytes, "committed");
         }
         self.open.clear();
