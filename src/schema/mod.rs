@@ -3,7 +3,10 @@
 //! A schema file declares the kind's columns (Arrow type, unit, nullability), its enums, its
 //! dedup key and, per payload profile, which list explodes into rows, where each column comes
 //! from, how it is scaled, which sentinel means "unavailable", and the event-time rule. This
-//! module only reads and checks those files; `decode::plan` compiles them into a plan.
+//! module only reads and checks those files (and [`docs`] renders them as Markdown);
+//! `decode::plan` compiles them into a plan.
+
+pub mod docs;
 
 use std::collections::BTreeMap;
 use std::path::Path;
