@@ -6,6 +6,7 @@
 //! `run`; [`config`] is the one configuration tree.
 
 pub mod config;
+pub mod dataset;
 pub mod decode;
 pub mod failpoint;
 pub mod http;

@@ -49,11 +49,40 @@ enum Command {
     Replay(ReplayArgs),
     /// Live status of a running collector in the terminal (its /api/status).
     Top(TopArgs),
+    /// Kinds in the dataset: partitions, files, rows, bytes, event times, sources.
+    Ls(LsArgs),
+    /// SQL over the dataset (DataFusion): each kind is a table with `date` and `hour` columns.
+    Query(QueryArgs),
     /// List, show and check the declared schemas.
     Schema {
         #[command(subcommand)]
         command: SchemaCommand,
     },
+}
+
+#[derive(Args)]
+struct LsArgs {
+    /// Dataset directory.
+    #[arg(long, env = "V2X_DATA", default_value = "data")]
+    data: PathBuf,
+    /// JSON for scripts instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct QueryArgs {
+    /// Dataset directory.
+    #[arg(long, env = "V2X_DATA", default_value = "data")]
+    data: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "table")]
+    format: v2x_collector::dataset::query::Format,
+    /// Write to this file instead of standard output (required for parquet).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The query, e.g. "select source_id, count(*) from bsm group by 1".
+    sql: String,
 }
 
 #[derive(Args)]
@@ -179,6 +208,11 @@ enum SchemaCommand {
         #[arg(long, env = "V2X_SCHEMA_DIR")]
         schema_dir: Option<PathBuf>,
     },
+    /// Markdown reference of every kind: columns, units, source field per profile.
+    Docs {
+        #[arg(long, env = "V2X_SCHEMA_DIR")]
+        schema_dir: Option<PathBuf>,
+    },
     /// Decode a payload file as a kind and print the rows, or the quarantine reason.
     Check {
         #[arg(long)]
@@ -229,6 +263,8 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Ls(args) => ls(args),
+        Command::Query(args) => query(args),
         Command::Schema { command } => match schema(command) {
             Ok(code) => code,
             Err(e) => {
@@ -421,6 +457,68 @@ fn replay(args: ReplayArgs) -> Result<(), (u8, anyhow::Error)> {
     Ok(())
 }
 
+/// `query`: exit 2 for a query that does not parse or plan, or a wrong data directory.
+fn query(args: QueryArgs) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let run =
+        v2x_collector::dataset::query::run(&args.data, &args.sql, args.format, args.out.as_deref());
+    match runtime.block_on(run) {
+        Ok(rows) => {
+            if args.out.is_some() {
+                eprintln!("{rows} rows");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// `ls`: exit 2 when the data directory is wrong, 1 when a file could not be read (it is
+/// still listed, with its error).
+fn ls(args: LsArgs) -> ExitCode {
+    use v2x_collector::dataset::ls;
+    let listing = match ls::list(&args.data) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&listing) {
+            Ok(j) => println!("{j}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        print!("{}", ls::render(&listing));
+    }
+    let mut failed = false;
+    for e in listing.errors() {
+        eprintln!("error: {}: {}", e.path, e.error);
+        failed = true;
+    }
+    if failed {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -476,6 +574,13 @@ fn schema(cmd: SchemaCommand) -> anyhow::Result<ExitCode> {
                 bail!("no kind {kind:?}; `v2x-collector schema list` shows the kinds");
             };
             println!("{}", s.to_json());
+            Ok(ExitCode::SUCCESS)
+        }
+        SchemaCommand::Docs { schema_dir } => {
+            print!(
+                "{}",
+                v2x_collector::schema::docs::generate(schema_dir.as_deref())?
+            );
             Ok(ExitCode::SUCCESS)
         }
         SchemaCommand::Check {

@@ -181,3 +181,40 @@ fn example_configuration_is_valid() {
     c.validate().unwrap();
     assert_eq!(c.collector_id, "edge-01");
 }
+
+#[test]
+fn schema_docs_match_schemas_readme() {
+    let out = bin()
+        .args(["schema", "docs"])
+        .env_remove("V2X_SCHEMA_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let readme = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas/README.md");
+    let committed = std::fs::read(&readme).unwrap_or_default();
+    assert!(
+        out.stdout == committed,
+        "schemas/README.md is out of date with the schema files; regenerate it with\n    \
+         cargo run -- schema docs > schemas/README.md\nand commit the result"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing");
+    let (code, _, err) = run(&["schema", "docs", "--schema-dir", missing.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("missing"), "{err}");
+    std::fs::write(dir.path().join("bad.toml"), "kind = 'x'\n").unwrap();
+    let (code, _, err) = run(&[
+        "schema",
+        "docs",
+        "--schema-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("bad.toml"), "{err}");
+}

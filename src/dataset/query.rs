@@ -1,0 +1,448 @@
+//! `query`: SQL over the dataset with DataFusion.
+//!
+//! Every kind with data is a table of its name (the quarantine table is `quarantine`), read
+//! straight from the Parquet tree with the hive partition columns `date` (`YYYY-MM-DD`) and
+//! `hour` (`HH`) as text. Filters on `date` and `hour` prune whole partitions. So do filters on
+//! `event_ts`: the files of a partition hold exactly the rows whose event time falls in its
+//! hour, so `event_ts >= T` implies `(date, hour) >= (date(T), hour(T))`, and each table adds
+//! those implied partition filters to the scan. Within the remaining files DataFusion prunes
+//! row groups by their statistics.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::ScalarValue;
+use datafusion::datasource::file_format::parquet::ParquetFormat;
+use datafusion::datasource::listing::{
+    ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl,
+};
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{
+    Between, BinaryExpr, Expr, Operator, TableProviderFilterPushDown, TableType, col, lit,
+};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
+
+use super::DatasetError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error("{0}")]
+    Sql(#[from] DataFusionError),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("writing the result: {0}")]
+    Encode(String),
+    #[error("{0}")]
+    Usage(String),
+}
+
+impl QueryError {
+    /// 2 for a bad query or bad arguments, 1 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            QueryError::Sql(e) => match e.find_root() {
+                DataFusionError::SQL(..)
+                | DataFusionError::Plan(_)
+                | DataFusionError::SchemaError(..) => 2,
+                _ => 1,
+            },
+            QueryError::Usage(_) => 2,
+            QueryError::Dataset(e) => e.exit_code(),
+            _ => 1,
+        }
+    }
+}
+
+/// Output format of `query`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Csv,
+    Json,
+    Parquet,
+}
+
+/// A session with one table per kind that has data.
+pub async fn context(data: &Path) -> Result<SessionContext, QueryError> {
+    let config = SessionConfig::new()
+        .with_information_schema(true)
+        .with_collect_statistics(true);
+    let ctx = SessionContext::new_with_config(config);
+    let data = data.canonicalize().map_err(|_| DatasetError::NoDataDir {
+        path: data.to_owned(),
+    })?;
+    for kind in super::kinds(&data)? {
+        if !super::files(&data, &kind)?.is_empty() {
+            register(&ctx, &kind, &data.join(&kind)).await?;
+        }
+    }
+    if !super::quarantine_files(&data)?.is_empty() {
+        register(&ctx, "quarantine", &data.join(super::QUARANTINE)).await?;
+    }
+    Ok(ctx)
+}
+
+async fn register(ctx: &SessionContext, name: &str, dir: &Path) -> Result<(), QueryError> {
+    let url = ListingTableUrl::parse(format!("{}/", dir.display()))?;
+    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+        .with_file_extension(".parquet")
+        .with_table_partition_cols(vec![
+            ("date".to_string(), DataType::Utf8),
+            ("hour".to_string(), DataType::Utf8),
+        ]);
+    let schema = options.infer_schema(&ctx.state(), &url).await?;
+    let config = ListingTableConfig::new(url)
+        .with_listing_options(options)
+        .with_schema(schema);
+    let table = ListingTable::try_new(config)?;
+    ctx.register_table(
+        name,
+        Arc::new(EventTimePruned {
+            inner: Arc::new(table),
+        }),
+    )?;
+    Ok(())
+}
+
+/// A kind's table that turns `event_ts` bounds into partition filters before the listing
+/// table prunes its partitions.
+#[derive(Debug)]
+struct EventTimePruned {
+    inner: Arc<ListingTable>,
+}
+
+#[async_trait]
+impl TableProvider for EventTimePruned {
+    fn schema(&self) -> SchemaRef {
+        self.inner.schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    fn supports_filters_pushdown(
+        &self,
+        filters: &[&Expr],
+    ) -> datafusion::error::Result<Vec<TableProviderFilterPushDown>> {
+        self.inner.supports_filters_pushdown(filters)
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let mut all = filters.to_vec();
+        all.extend(partition_filters(filters));
+        self.inner.scan(state, projection, &all, limit).await
+    }
+}
+
+/// Partition filters implied by the `event_ts` bounds among `filters`.
+pub fn partition_filters(filters: &[Expr]) -> Vec<Expr> {
+    let mut out = Vec::new();
+    for f in filters {
+        for e in split_conjunction(f) {
+            for (bound, lower) in event_ts_bounds(e) {
+                let (date, hour) = partition_of(bound);
+                let (date_cmp, hour_cmp) = if lower {
+                    (
+                        col("date").gt(lit(date.clone())),
+                        col("hour").gt_eq(lit(hour)),
+                    )
+                } else {
+                    (
+                        col("date").lt(lit(date.clone())),
+                        col("hour").lt_eq(lit(hour)),
+                    )
+                };
+                out.push(date_cmp.or(col("date").eq(lit(date)).and(hour_cmp)));
+            }
+        }
+    }
+    out
+}
+
+/// `(bound in microseconds, is_lower_bound)` of one comparison on `event_ts`.
+fn event_ts_bounds(e: &Expr) -> Vec<(i64, bool)> {
+    match e {
+        Expr::BinaryExpr(BinaryExpr { left, op, right }) => {
+            let (value, op) = match (is_event_ts(left), is_event_ts(right)) {
+                (true, false) => (timestamp_us(right), *op),
+                (false, true) => match op.swap() {
+                    Some(op) => (timestamp_us(left), op),
+                    None => return Vec::new(),
+                },
+                _ => return Vec::new(),
+            };
+            let Some(v) = value else {
+                return Vec::new();
+            };
+            // Strict bounds exclude their own microsecond: `event_ts < 10:00` needs no file
+            // of hour 10.
+            match op {
+                Operator::Gt => vec![(v.saturating_add(1), true)],
+                Operator::GtEq => vec![(v, true)],
+                Operator::Lt => vec![(v.saturating_sub(1), false)],
+                Operator::LtEq => vec![(v, false)],
+                Operator::Eq => vec![(v, true), (v, false)],
+                _ => Vec::new(),
+            }
+        }
+        Expr::Between(Between {
+            expr,
+            negated: false,
+            low,
+            high,
+        }) if is_event_ts(expr) => {
+            let mut out = Vec::new();
+            if let Some(v) = timestamp_us(low) {
+                out.push((v, true));
+            }
+            if let Some(v) = timestamp_us(high) {
+                out.push((v, false));
+            }
+            out
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn is_event_ts(e: &Expr) -> bool {
+    match e {
+        Expr::Column(c) => c.name == "event_ts",
+        Expr::Cast(c) => is_event_ts(&c.expr),
+        Expr::TryCast(c) => is_event_ts(&c.expr),
+        _ => false,
+    }
+}
+
+fn timestamp_us(e: &Expr) -> Option<i64> {
+    match e {
+        Expr::Literal(v, _) => match v {
+            ScalarValue::TimestampSecond(Some(s), _) => s.checked_mul(1_000_000),
+            ScalarValue::TimestampMillisecond(Some(ms), _) => ms.checked_mul(1_000),
+            ScalarValue::TimestampMicrosecond(Some(us), _) => Some(*us),
+            ScalarValue::TimestampNanosecond(Some(ns), _) => Some(ns.div_euclid(1_000)),
+            _ => None,
+        },
+        Expr::Cast(c) => timestamp_us(&c.expr),
+        _ => None,
+    }
+}
+
+/// The `(date, hour)` partition values of an event time.
+fn partition_of(us: i64) -> (String, String) {
+    match chrono::DateTime::from_timestamp_micros(us) {
+        Some(t) => (t.format("%Y-%m-%d").to_string(), t.format("%H").to_string()),
+        // Out of chrono's range: compare against values that bound every partition.
+        None if us < 0 => ("0000-00-00".into(), "00".into()),
+        None => ("9999-99-99".into(), "99".into()),
+    }
+}
+
+/// Runs `sql` and writes the result to `out` (stdout when `None`; Parquet needs a file).
+pub async fn run(
+    data: &Path,
+    sql: &str,
+    format: Format,
+    out: Option<&Path>,
+) -> Result<u64, QueryError> {
+    if format == Format::Parquet && out.is_none() {
+        return Err(QueryError::Usage(
+            "--format parquet needs --out FILE".into(),
+        ));
+    }
+    let ctx = context(data).await?;
+    let df = match ctx.sql(sql).await {
+        Ok(df) => df,
+        Err(e) if e.to_string().contains("not found") => {
+            let mut tables: Vec<String> = ctx
+                .catalog("datafusion")
+                .and_then(|c| c.schema("public"))
+                .map(|s| s.table_names())
+                .unwrap_or_default();
+            tables.sort();
+            return Err(QueryError::Usage(format!(
+                "{e} (tables with data: {})",
+                tables.join(", ")
+            )));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
+    let mut stream = df.execute_stream().await?;
+    let mut sink = Sink::open(format, out, schema)?;
+    let mut rows = 0u64;
+    while let Some(batch) = stream.next().await {
+        let batch = batch?;
+        rows += batch.num_rows() as u64;
+        sink.write(batch)?;
+    }
+    sink.finish()?;
+    Ok(rows)
+}
+
+/// Where the result goes, batch by batch.
+enum Sink {
+    Table(Vec<RecordBatch>, Box<dyn std::io::Write>),
+    Csv(datafusion::arrow::csv::Writer<Box<dyn std::io::Write>>),
+    Json(datafusion::arrow::json::LineDelimitedWriter<Box<dyn std::io::Write>>),
+    Parquet(parquet::arrow::ArrowWriter<std::fs::File>, PathBuf, PathBuf),
+}
+
+fn encode_err(e: impl std::fmt::Display) -> QueryError {
+    QueryError::Encode(e.to_string())
+}
+
+impl Sink {
+    fn open(format: Format, out: Option<&Path>, schema: SchemaRef) -> Result<Sink, QueryError> {
+        let writer = || -> Result<Box<dyn std::io::Write>, QueryError> {
+            Ok(match out {
+                Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(
+                    |source| QueryError::Write {
+                        path: p.to_owned(),
+                        source,
+                    },
+                )?)),
+                None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+            })
+        };
+        Ok(match format {
+            Format::Table => Sink::Table(Vec::new(), writer()?),
+            Format::Csv => Sink::Csv(
+                datafusion::arrow::csv::WriterBuilder::new()
+                    .with_header(true)
+                    .build(writer()?),
+            ),
+            Format::Json => {
+                Sink::Json(datafusion::arrow::json::LineDelimitedWriter::new(writer()?))
+            }
+            Format::Parquet => {
+                let path = out.expect("checked by run").to_owned();
+                let name = path
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "query".into());
+                let tmp = path.with_file_name(format!(".{name}.tmp"));
+                let file = std::fs::File::create(&tmp).map_err(|source| QueryError::Write {
+                    path: tmp.clone(),
+                    source,
+                })?;
+                let props = parquet::file::properties::WriterProperties::builder()
+                    .set_compression(parquet::basic::Compression::ZSTD(
+                        parquet::basic::ZstdLevel::try_new(1).map_err(encode_err)?,
+                    ))
+                    .build();
+                let w = parquet::arrow::ArrowWriter::try_new(file, schema, Some(props))
+                    .map_err(encode_err)?;
+                Sink::Parquet(w, tmp, path)
+            }
+        })
+    }
+
+    fn write(&mut self, batch: RecordBatch) -> Result<(), QueryError> {
+        match self {
+            Sink::Table(batches, _) => batches.push(batch),
+            Sink::Csv(w) => w.write(&batch).map_err(encode_err)?,
+            Sink::Json(w) => w.write(&batch).map_err(encode_err)?,
+            Sink::Parquet(w, _, _) => w.write(&batch).map_err(encode_err)?,
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<(), QueryError> {
+        match self {
+            Sink::Table(batches, mut out) => {
+                let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
+                    .map_err(encode_err)?;
+                writeln!(out, "{text}").map_err(encode_err)?;
+                out.flush().map_err(encode_err)?;
+            }
+            Sink::Csv(w) => w.into_inner().flush().map_err(encode_err)?,
+            Sink::Json(mut w) => {
+                w.finish().map_err(encode_err)?;
+                w.into_inner().flush().map_err(encode_err)?;
+            }
+            Sink::Parquet(w, tmp, path) => {
+                let file = w.into_inner().map_err(encode_err)?;
+                file.sync_all().map_err(|source| QueryError::Write {
+                    path: tmp.clone(),
+                    source,
+                })?;
+                std::fs::rename(&tmp, &path).map_err(|source| QueryError::Write {
+                    path: path.clone(),
+                    source,
+                })?;
+            }
+        }
+        Ok(())
+    }
+}
+
+use std::io::Write as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ts(s: &str) -> Expr {
+        let us = crate::decode::time::parse_rfc3339_us(s).unwrap();
+        lit(ScalarValue::TimestampMicrosecond(
+            Some(us),
+            Some("UTC".into()),
+        ))
+    }
+
+    #[test]
+    fn event_time_bounds_become_partition_filters() {
+        let f = col("event_ts")
+            .gt_eq(ts("2026-11-28T09:15:00Z"))
+            .and(col("event_ts").lt(ts("2026-11-28T10:00:00Z")));
+        let derived = partition_filters(&[f]);
+        assert_eq!(derived.len(), 2);
+        let text: Vec<String> = derived.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text[0].contains("2026-11-28") && text[0].contains("09"),
+            "{text:?}"
+        );
+        // `< 10:00` ends in hour 09.
+        assert!(
+            text[1].contains("09") && !text[1].contains("10"),
+            "{text:?}"
+        );
+        // Reversed operands and BETWEEN.
+        let f = ts("2026-11-28T09:15:00Z").lt_eq(col("event_ts"));
+        assert_eq!(partition_filters(&[f]).len(), 1);
+        let f = col("event_ts").between(ts("2026-11-28T09:00:00Z"), ts("2026-11-28T09:30:00Z"));
+        assert_eq!(partition_filters(&[f]).len(), 2);
+        // Anything else implies nothing.
+        assert!(partition_filters(&[col("speed_mps").gt(lit(3.0))]).is_empty());
+        assert!(
+            partition_filters(&[col("event_ts").not_eq(ts("2026-11-28T09:00:00Z"))]).is_empty()
+        );
+    }
+
+    #[test]
+    fn partitions_of_times() {
+        assert_eq!(
+            partition_of(crate::decode::time::parse_rfc3339_us("2026-01-02T03:04:05Z").unwrap()),
+            ("2026-01-02".to_string(), "03".to_string())
+        );
+    }
+}

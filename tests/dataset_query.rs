@@ -1,0 +1,185 @@
+//! `v2x-collector query`: SQL over a dataset built through mosquitto and the collector from the
+//! real radar capture and BSMs spread over three event-time hours.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+const HOUR_US: i64 = 3_600_000_000;
+
+fn query(data: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = bin()
+        .arg("query")
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn json_rows(data: &Path, sql: &str) -> Vec<serde_json::Value> {
+    let (code, out, err) = query(data, &["--format", "json", sql]);
+    assert_eq!(code, 0, "{sql}: {err}");
+    out.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn rfc3339(us: i64) -> String {
+    chrono::DateTime::from_timestamp_micros(us)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// Builds the dataset once: 11,165 radar rows and 3 x 100 BSMs, one hundred in each of the
+/// three hours before the current one. Returns (workspace, start of the first hour in us).
+fn dataset() -> (Workspace, i64) {
+    let broker = Mosquitto::start();
+    let ws = Workspace::new();
+    let mut c = ws.start(&format!("[mqtt]\nbroker = \"{}\"\n", broker.url()), &[]);
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let first_hour = (now_us / HOUR_US - 3) * HOUR_US;
+    for h in 0..3i64 {
+        let lines: Vec<String> = (0..100)
+            .map(|i| {
+                let ms = (first_hour + h * HOUR_US) / 1000 + 60_000 + i * 1000;
+                format!(
+                    r#"{{"msgCnt":{i},"id":"car-{h}","timeStamp":{ms},"pos":{{"lat":39.9,"lon":116.5}},"speed":{}.5,"heading":90.0}}"#,
+                    i % 30
+                )
+            })
+            .collect();
+        publish_lines(
+            broker.port,
+            &format!("v2x/v1/obu/car-{h}/bsm/up/float"),
+            &lines,
+        );
+    }
+    let out = bin()
+        .args(["replay", "--broker", &broker.url()])
+        .args(["--topic", "V2X/RADAR/N22W75HMBLD/TRACK/UP"])
+        .arg(shared("openv2x-radar/track.json"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.wait_processed(300 + 500, Duration::from_secs(60));
+    assert!(c.stop().success());
+    (ws, first_hour)
+}
+
+#[test]
+fn sql_over_the_dataset_with_partition_pruning_and_every_format() {
+    let (ws, first_hour) = dataset();
+    let data = ws.data();
+
+    // Counts per table, against what was published.
+    let r = json_rows(&data, "select count(*) as n from radar_target");
+    assert_eq!(r[0]["n"], 11_165);
+    let r = json_rows(
+        &data,
+        "select vehicle_id, hour, count(*) as n from bsm group by vehicle_id, hour order by vehicle_id",
+    );
+    assert_eq!(r.len(), 3, "{r:?}");
+    for (h, row) in r.iter().enumerate() {
+        assert_eq!(row["vehicle_id"], format!("car-{h}"));
+        assert_eq!(row["n"], 100);
+        let hour = chrono::DateTime::from_timestamp_micros(first_hour + h as i64 * HOUR_US)
+            .unwrap()
+            .format("%H")
+            .to_string();
+        assert_eq!(row["hour"], hour, "the hour partition column");
+    }
+    // Values survive: speeds of one vehicle, in order.
+    let r = json_rows(
+        &data,
+        "select speed_mps from bsm where vehicle_id = 'car-1' order by event_ts limit 3",
+    );
+    let speeds: Vec<f64> = r.iter().map(|x| x["speed_mps"].as_f64().unwrap()).collect();
+    assert_eq!(speeds, vec![0.5, 1.5, 2.5]);
+
+    // A one-hour window on event_ts: the plan reads only the middle hour's files.
+    let from = first_hour + HOUR_US;
+    let window = format!(
+        "event_ts >= TIMESTAMP '{}' and event_ts < TIMESTAMP '{}'",
+        rfc3339(from),
+        rfc3339(from + HOUR_US)
+    );
+    let r = json_rows(
+        &data,
+        &format!("select count(*) as n from bsm where {window}"),
+    );
+    assert_eq!(r[0]["n"], 100);
+    let (code, plan, err) = query(
+        &data,
+        &[
+            "--format",
+            "csv",
+            &format!("explain select count(*) from bsm where {window}"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let hour_dir = |us: i64| {
+        chrono::DateTime::from_timestamp_micros(us)
+            .unwrap()
+            .format("date=%Y-%m-%d/hour=%H")
+            .to_string()
+    };
+    assert!(plan.contains(&hour_dir(from)), "{plan}");
+    assert!(!plan.contains(&hour_dir(first_hour)), "pruned: {plan}");
+    assert!(!plan.contains(&hour_dir(from + HOUR_US)), "pruned: {plan}");
+
+    // Formats: table, CSV, Parquet.
+    let (code, table, _) = query(&data, &["select count(*) as n from bsm"]);
+    assert_eq!(code, 0);
+    assert!(table.contains("| 300 |"), "{table}");
+    let (code, csv, _) = query(
+        &data,
+        &[
+            "--format",
+            "csv",
+            "select vehicle_id, count(*) as n from bsm group by 1 order by 1",
+        ],
+    );
+    assert_eq!(code, 0);
+    assert_eq!(csv, "vehicle_id,n\ncar-0,100\ncar-1,100\ncar-2,100\n");
+    let out = ws.path().join("window.parquet");
+    let (code, _, err) = query(
+        &data,
+        &[
+            "--format",
+            "parquet",
+            "--out",
+            out.to_str().unwrap(),
+            &format!("select * from bsm where {window} order by source_id, event_ts"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(read_parquet(&out).num_rows(), 100);
+
+    // Errors: bad SQL and unknown tables are usage errors naming the problem.
+    let (code, _, err) = query(&data, &["selec nothing"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = query(&data, &["select * from no_such_kind"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no_such_kind"), "{err}");
+    assert!(
+        err.contains("bsm, quarantine, radar_target") || err.contains("bsm, radar_target"),
+        "{err}"
+    );
+    let (code, _, err) = query(&ws.path().join("nowhere"), &["select 1"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = query(&data, &["--format", "parquet", "select 1"]);
+    assert_eq!(code, 2, "{err}");
+}
