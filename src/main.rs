@@ -53,6 +53,8 @@ enum Command {
     Ls(LsArgs),
     /// SQL over the dataset (DataFusion): each kind is a table with `date` and `hour` columns.
     Query(QueryArgs),
+    /// One kind, a time window and optional sources to one sorted Parquet, CSV or NDJSON file.
+    Export(ExportArgs),
     /// List, show and check the declared schemas.
     Schema {
         #[command(subcommand)]
@@ -68,6 +70,35 @@ struct LsArgs {
     /// JSON for scripts instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// Dataset directory.
+    #[arg(long, env = "V2X_DATA", default_value = "data")]
+    data: PathBuf,
+    /// The kind to export.
+    #[arg(long)]
+    kind: String,
+    /// Start of the window (inclusive): RFC 3339 or `YYYY-MM-DD[ HH:MM]` UTC.
+    #[arg(long)]
+    from: Option<String>,
+    /// End of the window (exclusive).
+    #[arg(long)]
+    to: Option<String>,
+    /// Only this source (repeat for several).
+    #[arg(long = "source")]
+    sources: Vec<String>,
+    /// Output file; the format follows its extension (.parquet, .csv, .ndjson) unless
+    /// --format is given.
+    #[arg(long)]
+    out: PathBuf,
+    /// parquet, csv or json (NDJSON).
+    #[arg(long, value_enum)]
+    format: Option<v2x_collector::dataset::query::Format>,
+    /// Memory for sorting before it spills to temporary files, in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory_mib: usize,
 }
 
 #[derive(Args)]
@@ -265,6 +296,7 @@ fn main() -> ExitCode {
         }
         Command::Ls(args) => ls(args),
         Command::Query(args) => query(args),
+        Command::Export(args) => export(args),
         Command::Schema { command } => match schema(command) {
             Ok(code) => code,
             Err(e) => {
@@ -455,6 +487,92 @@ fn replay(args: ReplayArgs) -> Result<(), (u8, anyhow::Error)> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `export`: exit 2 for bad arguments (times, kind, sources, format), 1 for failures.
+fn export(args: ExportArgs) -> ExitCode {
+    use std::io::IsTerminal;
+    use v2x_collector::dataset::export::{self, Request};
+    use v2x_collector::dataset::query::Format;
+    let usage = |msg: String| {
+        eprintln!("error: {msg}");
+        ExitCode::from(2)
+    };
+    let time = |flag: &str, v: &Option<String>| -> Result<Option<i64>, String> {
+        match v {
+            None => Ok(None),
+            Some(s) => export::parse_time(s)
+                .map(Some)
+                .ok_or_else(|| format!("{flag} {s:?} is not RFC 3339 or YYYY-MM-DD[ HH:MM] (UTC)")),
+        }
+    };
+    let (from_us, to_us) = match (time("--from", &args.from), time("--to", &args.to)) {
+        (Ok(f), Ok(t)) => (f, t),
+        (Err(e), _) | (_, Err(e)) => return usage(e),
+    };
+    let format = match args.format.or_else(|| export::format_of(&args.out)) {
+        Some(Format::Table) => return usage("--format table is not a file format".into()),
+        Some(f) => f,
+        None => {
+            return usage(format!(
+                "cannot tell the format of {}: use .parquet, .csv or .ndjson, or --format",
+                args.out.display()
+            ));
+        }
+    };
+    let req = Request {
+        data: args.data,
+        kind: args.kind,
+        from_us,
+        to_us,
+        sources: args.sources,
+        out: args.out,
+        format,
+        memory_bytes: args.memory_mib.saturating_mul(1 << 20),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let tty = std::io::stderr().is_terminal();
+    let progress = |rows: u64, estimate: u64| {
+        if tty {
+            if estimate > 0 {
+                let pct = (100 * rows / estimate.max(1)).min(100);
+                eprint!("\rexport: {rows} of ~{estimate} rows ({pct} %)   ");
+            } else {
+                eprint!("\rexport: {rows} rows   ");
+            }
+        }
+    };
+    match runtime.block_on(export::run(&req, progress)) {
+        Ok(s) => {
+            if tty {
+                eprintln!();
+            }
+            eprintln!(
+                "exported {} rows of {} to {} ({} bytes)",
+                s.rows,
+                req.kind,
+                req.out.display(),
+                s.bytes
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            if tty {
+                eprintln!();
+            }
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
 }
 
 /// `query`: exit 2 for a query that does not parse or plan, or a wrong data directory.

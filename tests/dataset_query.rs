@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
+use arrow::array::Array;
 use common::*;
 
 const HOUR_US: i64 = 3_600_000_000;
@@ -182,4 +183,152 @@ fn sql_over_the_dataset_with_partition_pruning_and_every_format() {
     assert_eq!(code, 2, "{err}");
     let (code, _, err) = query(&data, &["--format", "parquet", "select 1"]);
     assert_eq!(code, 2, "{err}");
+}
+
+fn export(data: &Path, args: &[&str]) -> (i32, String) {
+    let out = bin()
+        .arg("export")
+        .arg("--data")
+        .arg(data)
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn export_a_window_sorted_with_its_schema_in_every_format() {
+    let (ws, first_hour) = dataset();
+    let data = ws.data();
+    let from = rfc3339(first_hour + HOUR_US);
+    let to = rfc3339(first_hour + 2 * HOUR_US);
+
+    // Parquet: the middle hour only, sorted, schema and filters in the metadata.
+    let out = ws.path().join("window.parquet");
+    let (code, err) = export(
+        &data,
+        &[
+            "--kind",
+            "bsm",
+            "--from",
+            &from,
+            "--to",
+            &to,
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("exported 100 rows"), "{err}");
+    let file = std::fs::File::open(&out).unwrap();
+    let reader =
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+    let kv: std::collections::HashMap<String, String> = reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .unwrap()
+        .iter()
+        .map(|k| (k.key.clone(), k.value.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(kv["v2x.sorted_by"], "source_id,event_ts");
+    assert!(kv["v2x.schema"].contains("speed_mps"), "{kv:?}");
+    assert!(kv["v2x.export"].contains("\"bsm\""), "{kv:?}");
+    let batch = read_parquet(&out);
+    assert_eq!(batch.num_rows(), 100);
+    assert!(batch.column_by_name("date").is_none() && batch.column_by_name("hour").is_none());
+    let ids = batch.column_by_name("vehicle_id").unwrap();
+    let ids = arrow::array::cast::AsArray::as_string::<i32>(ids);
+    assert!((0..ids.len()).all(|i| ids.value(i) == "car-1"));
+    let ts = batch.column_by_name("event_ts").unwrap();
+    let ts =
+        arrow::array::cast::AsArray::as_primitive::<arrow::datatypes::TimestampMicrosecondType>(ts);
+    assert!(
+        (1..ts.len()).all(|i| ts.value(i - 1) <= ts.value(i)),
+        "sorted by event_ts"
+    );
+
+    // CSV with a source filter, the schema beside it.
+    let csv = ws.path().join("two.csv");
+    let (code, err) = export(
+        &data,
+        &[
+            "--kind",
+            "bsm",
+            "--source",
+            "car-0",
+            "--source",
+            "car-2",
+            "--out",
+            csv.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 1 + 200, "header and rows");
+    let source_col = lines[0].split(',').position(|c| c == "source_id").unwrap();
+    let sources: Vec<&str> = lines[1..]
+        .iter()
+        .map(|l| l.split(',').nth(source_col).unwrap())
+        .collect();
+    assert!(sources[..100].iter().all(|s| *s == "car-0"));
+    assert!(
+        sources[100..].iter().all(|s| *s == "car-2"),
+        "sorted by source"
+    );
+    assert!(ws.path().join("two.csv.schema.json").exists());
+
+    // NDJSON of a whole kind with local `YYYY-MM-DD HH:MM` bounds.
+    let nd = ws.path().join("all.ndjson");
+    let day = |us: i64| {
+        chrono::DateTime::from_timestamp_micros(us)
+            .unwrap()
+            .format("%Y-%m-%d %H:%M")
+            .to_string()
+    };
+    let (code, err) = export(
+        &data,
+        &[
+            "--kind",
+            "bsm",
+            "--from",
+            &day(first_hour),
+            "--to",
+            &day(first_hour + 3 * HOUR_US),
+            "--out",
+            nd.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read_to_string(&nd).unwrap().lines().count(), 300);
+
+    // Usage errors name the problem; nothing is written.
+    let bad = ws.path().join("bad.parquet");
+    let bad = bad.to_str().unwrap();
+    for (args, needle) in [
+        (
+            vec!["--kind", "bsm", "--from", "yesterday", "--out", bad],
+            "--from",
+        ),
+        (vec!["--kind", "../etc", "--out", bad], "kind"),
+        (vec!["--kind", "no_such", "--out", bad], "no_such"),
+        (
+            vec!["--kind", "bsm", "--source", "a/b", "--out", bad],
+            "source",
+        ),
+        (vec!["--kind", "bsm", "--out", "x.txt"], "format"),
+        (
+            vec!["--kind", "bsm", "--from", &to, "--to", &from, "--out", bad],
+            "before",
+        ),
+    ] {
+        let (code, err) = export(&data, &args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+    assert!(!Path::new(bad).exists());
 }

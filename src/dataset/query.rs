@@ -76,10 +76,7 @@ pub enum Format {
 
 /// A session with one table per kind that has data.
 pub async fn context(data: &Path) -> Result<SessionContext, QueryError> {
-    let config = SessionConfig::new()
-        .with_information_schema(true)
-        .with_collect_statistics(true);
-    let ctx = SessionContext::new_with_config(config);
+    let ctx = SessionContext::new_with_config(session_config().with_information_schema(true));
     let data = data.canonicalize().map_err(|_| DatasetError::NoDataDir {
         path: data.to_owned(),
     })?;
@@ -94,9 +91,24 @@ pub async fn context(data: &Path) -> Result<SessionContext, QueryError> {
     Ok(ctx)
 }
 
-async fn register(ctx: &SessionContext, name: &str, dir: &Path) -> Result<(), QueryError> {
+/// Settings of every session over the dataset: file statistics collected for pruning, and
+/// strings read as the files declare them (`Utf8`, not DataFusion's `Utf8View`), so exports
+/// keep the dataset's schema.
+pub(crate) fn session_config() -> SessionConfig {
+    SessionConfig::new().with_collect_statistics(true).set_bool(
+        "datafusion.execution.parquet.schema_force_view_types",
+        false,
+    )
+}
+
+pub(crate) async fn register(
+    ctx: &SessionContext,
+    name: &str,
+    dir: &Path,
+) -> Result<(), QueryError> {
     let url = ListingTableUrl::parse(format!("{}/", dir.display()))?;
-    let options = ListingOptions::new(Arc::new(ParquetFormat::default()))
+    let format = ParquetFormat::default().with_force_view_types(false);
+    let options = ListingOptions::new(Arc::new(format))
         .with_file_extension(".parquet")
         .with_table_partition_cols(vec![
             ("date".to_string(), DataType::Utf8),
@@ -287,23 +299,44 @@ pub async fn run(
     };
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let mut stream = df.execute_stream().await?;
-    let mut sink = Sink::open(format, out, schema)?;
+    let mut sink = Sink::open(format, out, schema, Vec::new())?;
     let mut rows = 0u64;
     while let Some(batch) = stream.next().await {
-        let batch = batch?;
-        rows += batch.num_rows() as u64;
-        sink.write(batch)?;
+        let written = batch.map_err(QueryError::from).and_then(|b| {
+            rows += b.num_rows() as u64;
+            sink.write(b)
+        });
+        if let Err(e) = written {
+            sink.abandon();
+            return Err(e);
+        }
     }
     sink.finish()?;
     Ok(rows)
 }
 
-/// Where the result goes, batch by batch.
-enum Sink {
+/// Where a result goes, batch by batch. A file is written under a temporary name (starting
+/// with `.`) and renamed into place when complete, so a reader never sees half of it.
+pub(crate) struct Sink {
+    kind: SinkKind,
+    /// (temporary, final) when writing a file.
+    file: Option<(PathBuf, PathBuf)>,
+}
+
+enum SinkKind {
     Table(Vec<RecordBatch>, Box<dyn std::io::Write>),
     Csv(datafusion::arrow::csv::Writer<Box<dyn std::io::Write>>),
     Json(datafusion::arrow::json::LineDelimitedWriter<Box<dyn std::io::Write>>),
-    Parquet(parquet::arrow::ArrowWriter<std::fs::File>, PathBuf, PathBuf),
+    Parquet(parquet::arrow::ArrowWriter<std::fs::File>),
+}
+
+/// `dir/.name.tmp` for `dir/name`.
+fn temp_name(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    path.with_file_name(format!(".{name}.tmp"))
 }
 
 fn encode_err(e: impl std::fmt::Display) -> QueryError {
@@ -311,87 +344,101 @@ fn encode_err(e: impl std::fmt::Display) -> QueryError {
 }
 
 impl Sink {
-    fn open(format: Format, out: Option<&Path>, schema: SchemaRef) -> Result<Sink, QueryError> {
+    /// `out` None is standard output (not for Parquet). `metadata` goes into a Parquet
+    /// file's key-value metadata.
+    pub(crate) fn open(
+        format: Format,
+        out: Option<&Path>,
+        schema: SchemaRef,
+        metadata: Vec<parquet::file::metadata::KeyValue>,
+    ) -> Result<Sink, QueryError> {
+        let file = out.map(|p| (temp_name(p), p.to_owned()));
+        let create = |p: &Path| {
+            std::fs::File::create(p).map_err(|source| QueryError::Write {
+                path: p.to_owned(),
+                source,
+            })
+        };
         let writer = || -> Result<Box<dyn std::io::Write>, QueryError> {
-            Ok(match out {
-                Some(p) => Box::new(std::io::BufWriter::new(std::fs::File::create(p).map_err(
-                    |source| QueryError::Write {
-                        path: p.to_owned(),
-                        source,
-                    },
-                )?)),
+            Ok(match &file {
+                Some((tmp, _)) => Box::new(std::io::BufWriter::new(create(tmp)?)),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout())),
             })
         };
-        Ok(match format {
-            Format::Table => Sink::Table(Vec::new(), writer()?),
-            Format::Csv => Sink::Csv(
+        let kind = match format {
+            Format::Table => SinkKind::Table(Vec::new(), writer()?),
+            Format::Csv => SinkKind::Csv(
                 datafusion::arrow::csv::WriterBuilder::new()
                     .with_header(true)
                     .build(writer()?),
             ),
             Format::Json => {
-                Sink::Json(datafusion::arrow::json::LineDelimitedWriter::new(writer()?))
+                SinkKind::Json(datafusion::arrow::json::LineDelimitedWriter::new(writer()?))
             }
             Format::Parquet => {
-                let path = out.expect("checked by run").to_owned();
-                let name = path
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_else(|| "query".into());
-                let tmp = path.with_file_name(format!(".{name}.tmp"));
-                let file = std::fs::File::create(&tmp).map_err(|source| QueryError::Write {
-                    path: tmp.clone(),
-                    source,
-                })?;
+                let Some((tmp, _)) = &file else {
+                    return Err(QueryError::Usage("Parquet output needs a file".into()));
+                };
                 let props = parquet::file::properties::WriterProperties::builder()
                     .set_compression(parquet::basic::Compression::ZSTD(
                         parquet::basic::ZstdLevel::try_new(1).map_err(encode_err)?,
                     ))
+                    .set_key_value_metadata((!metadata.is_empty()).then_some(metadata))
                     .build();
-                let w = parquet::arrow::ArrowWriter::try_new(file, schema, Some(props))
+                let w = parquet::arrow::ArrowWriter::try_new(create(tmp)?, schema, Some(props))
                     .map_err(encode_err)?;
-                Sink::Parquet(w, tmp, path)
+                SinkKind::Parquet(w)
             }
-        })
+        };
+        Ok(Sink { kind, file })
     }
 
-    fn write(&mut self, batch: RecordBatch) -> Result<(), QueryError> {
-        match self {
-            Sink::Table(batches, _) => batches.push(batch),
-            Sink::Csv(w) => w.write(&batch).map_err(encode_err)?,
-            Sink::Json(w) => w.write(&batch).map_err(encode_err)?,
-            Sink::Parquet(w, _, _) => w.write(&batch).map_err(encode_err)?,
+    pub(crate) fn write(&mut self, batch: RecordBatch) -> Result<(), QueryError> {
+        match &mut self.kind {
+            SinkKind::Table(batches, _) => batches.push(batch),
+            SinkKind::Csv(w) => w.write(&batch).map_err(encode_err)?,
+            SinkKind::Json(w) => w.write(&batch).map_err(encode_err)?,
+            SinkKind::Parquet(w) => w.write(&batch).map_err(encode_err)?,
         }
         Ok(())
     }
 
-    fn finish(self) -> Result<(), QueryError> {
-        match self {
-            Sink::Table(batches, mut out) => {
+    /// Completes the output; a file is fsynced and renamed into place.
+    pub(crate) fn finish(self) -> Result<(), QueryError> {
+        let write_err = |p: &Path| {
+            let p = p.to_owned();
+            move |source| QueryError::Write { path: p, source }
+        };
+        match self.kind {
+            SinkKind::Table(batches, mut out) => {
                 let text = datafusion::arrow::util::pretty::pretty_format_batches(&batches)
                     .map_err(encode_err)?;
                 writeln!(out, "{text}").map_err(encode_err)?;
                 out.flush().map_err(encode_err)?;
             }
-            Sink::Csv(w) => w.into_inner().flush().map_err(encode_err)?,
-            Sink::Json(mut w) => {
+            SinkKind::Csv(w) => w.into_inner().flush().map_err(encode_err)?,
+            SinkKind::Json(mut w) => {
                 w.finish().map_err(encode_err)?;
                 w.into_inner().flush().map_err(encode_err)?;
             }
-            Sink::Parquet(w, tmp, path) => {
-                let file = w.into_inner().map_err(encode_err)?;
-                file.sync_all().map_err(|source| QueryError::Write {
-                    path: tmp.clone(),
-                    source,
-                })?;
-                std::fs::rename(&tmp, &path).map_err(|source| QueryError::Write {
-                    path: path.clone(),
-                    source,
-                })?;
+            SinkKind::Parquet(w) => {
+                w.into_inner().map_err(encode_err)?;
             }
         }
+        if let Some((tmp, path)) = self.file {
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(write_err(&tmp))?;
+            std::fs::rename(&tmp, &path).map_err(write_err(&path))?;
+        }
         Ok(())
+    }
+
+    /// Removes a partial file after an error.
+    pub(crate) fn abandon(self) {
+        if let Some((tmp, _)) = self.file {
+            let _ = std::fs::remove_file(tmp);
+        }
     }
 }
 
