@@ -168,3 +168,81 @@ fn status_flags_a_source_that_went_silent() {
     );
     assert!(c.stop().success());
 }
+
+#[test]
+fn datasets_and_exports_over_http_with_hostile_identifiers_refused() {
+    let broker = Mosquitto::start();
+    let ws = Workspace::new();
+    let extra = format!(
+        "{}[http]\nlisten = \"127.0.0.1:0\"\n",
+        common::config(&broker)
+    );
+    let mut c = ws.start_with_env(&extra, &[], &[("V2X_HTTP_TOKEN", TOKEN)]);
+    let addr = c.http_addr();
+    publish_lines(broker.port, common::TOPIC, &messages(0..120));
+    c.wait_processed(120, Duration::from_secs(30));
+    // Wait until the rows are committed (writer.max_age_s = 0.5 in the test config).
+    let started = Instant::now();
+    let listing = loop {
+        let (code, body) = http_get(addr, "/api/datasets", Some(TOKEN)).unwrap();
+        assert_eq!(code, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let bsm = v["kinds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kind"] == "bsm")
+            .cloned()
+            .unwrap();
+        if bsm["rows"] == 120 {
+            break v;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "{v:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(listing["kinds"].as_array().unwrap().len(), 8);
+
+    // A CSV export of one source, and a Parquet one.
+    let (code, csv) = http_get(
+        addr,
+        "/api/export?kind=bsm&source=car-1&format=csv",
+        Some(TOKEN),
+    )
+    .unwrap();
+    assert_eq!(code, 200, "{csv}");
+    assert_eq!(csv.lines().count(), 1 + 120, "{csv}");
+    let (code, parquet) = http_get(addr, "/api/export?kind=bsm", Some(TOKEN)).unwrap();
+    assert_eq!(code, 200);
+    assert!(parquet.starts_with("PAR1"), "a Parquet download");
+    let (code, none) = http_get(
+        addr,
+        "/api/export?kind=bsm&source=nobody&format=ndjson",
+        Some(TOKEN),
+    )
+    .unwrap();
+    assert_eq!((code, none.as_str()), (200, ""));
+
+    // The token is needed; hostile kinds, sources and paths get nothing.
+    assert_eq!(http_get(addr, "/api/export?kind=bsm", None).unwrap().0, 401);
+    assert_eq!(http_get(addr, "/api/datasets", None).unwrap().0, 401);
+    for (path, want) in [
+        ("/api/export?kind=..%2F..%2Fetc", 404),
+        ("/api/export?kind=../wal", 404),
+        ("/api/export?kind=_quarantine", 404),
+        ("/api/export?kind=%2Fetc%2Fpasswd", 404),
+        ("/api/export?kind=bsm&source=..%2F..", 400),
+        ("/api/export?kind=bsm&source=a%00b", 400),
+        ("/api/export?kind=bsm&from=yesterday", 400),
+        ("/api/export?kind=bsm&format=exe", 400),
+        ("/api/export?kind=bsm&evil=1", 400),
+        ("/api/export", 400),
+        ("/api/export?kind=%zz", 400),
+        ("/api/export/../../etc/passwd", 404),
+        ("/api/datasets/..%2F..%2Fetc%2Fpasswd", 404),
+    ] {
+        let (code, body) = http_get(addr, path, Some(TOKEN)).unwrap();
+        assert_eq!(code, want, "{path}: {body}");
+        assert!(!body.contains("root:"), "{path}");
+    }
+    assert!(c.stop().success());
+}

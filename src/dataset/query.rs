@@ -324,9 +324,9 @@ pub(crate) struct Sink {
 }
 
 enum SinkKind {
-    Table(Vec<RecordBatch>, Box<dyn std::io::Write>),
-    Csv(datafusion::arrow::csv::Writer<Box<dyn std::io::Write>>),
-    Json(datafusion::arrow::json::LineDelimitedWriter<Box<dyn std::io::Write>>),
+    Table(Vec<RecordBatch>, Box<dyn std::io::Write + Send>),
+    Csv(datafusion::arrow::csv::Writer<Box<dyn std::io::Write + Send>>),
+    Json(datafusion::arrow::json::LineDelimitedWriter<Box<dyn std::io::Write + Send>>),
     Parquet(parquet::arrow::ArrowWriter<std::fs::File>),
 }
 
@@ -359,7 +359,7 @@ impl Sink {
                 source,
             })
         };
-        let writer = || -> Result<Box<dyn std::io::Write>, QueryError> {
+        let writer = || -> Result<Box<dyn std::io::Write + Send>, QueryError> {
             Ok(match &file {
                 Some((tmp, _)) => Box::new(std::io::BufWriter::new(create(tmp)?)),
                 None => Box::new(std::io::BufWriter::new(std::io::stdout())),

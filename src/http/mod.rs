@@ -6,6 +6,7 @@
 //! needs it; the page itself holds no data and sends the token it finds in its URL fragment
 //! (`/#token=...`) with each request. Tokens are compared in constant time and never logged.
 
+mod pull;
 mod state;
 
 use std::net::SocketAddr;
@@ -124,14 +125,22 @@ async fn sample_every_second(shared: Arc<Shared>, mut stopped: tokio::sync::watc
 struct App {
     shared: Arc<Shared>,
     token: Option<Arc<str>>,
+    /// One HTTP export at a time.
+    exports: Arc<tokio::sync::Semaphore>,
 }
 
 fn router(shared: Arc<Shared>, token: Option<Arc<str>>) -> Router {
-    let app = App { shared, token };
+    let app = App {
+        shared,
+        token,
+        exports: pull::export_slot(),
+    };
     let protected = Router::new()
         .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
         .route("/api/status", get(status))
+        .route("/api/datasets", get(pull::datasets))
+        .route("/api/export", get(pull::export))
         .route_layer(middleware::from_fn_with_state(app.clone(), require_token));
     Router::new()
         .route("/", get(dashboard))
