@@ -3,7 +3,10 @@
 //! without the feature, `hit` compiles to nothing.
 
 /// The points: `before_wal_fsync`, `after_wal_fsync`, `mid_parquet`, `after_manifest`,
-/// `after_rename`, `before_checkpoint`.
+/// `after_rename`, `before_checkpoint`; for `compact` (see `dataset::compact`):
+/// `compact_mid_output`, `compact_before_manifest`, `compact_after_manifest`,
+/// `compact_after_exchange`, `compact_mid_cleanup`, `compact_before_manifest_removal`,
+/// `compact_after_manifest_removal`.
 #[inline]
 pub fn hit(name: &str) {
     #[cfg(feature = "failpoints")]

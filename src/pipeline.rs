@@ -129,6 +129,15 @@ pub async fn run(
     let prometheus = config.http.enabled.then(crate::http::prometheus);
     let mut decoder = build_decoder(&config)?;
     let kinds: Vec<_> = decoder.kinds().iter().map(|k| k.schema.clone()).collect();
+    // A `compact` killed between its directory swap and its clean-up leaves files the writer
+    // may need to rename into: finish it first (one stat when there is nothing to do).
+    match crate::dataset::compact::recover(&config.data_dir) {
+        Ok(done) if !done.is_empty() => {
+            tracing::info!(partitions = done.len(), "completed an interrupted compaction");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not check for an interrupted compaction"),
+    }
     let mut writer = PartitionWriter::new(
         WriterSettings {
             data_dir: config.data_dir.clone(),

@@ -8,6 +8,7 @@
 //! name is a safe identifier (the same rule the router applies to topic segments), so a kind
 //! given on the command line can never name a path outside its directory.
 
+pub mod compact;
 pub mod export;
 pub mod ls;
 pub mod query;

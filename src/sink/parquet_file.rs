@@ -121,22 +121,11 @@ pub fn write_tmp(
         path: tmp.clone(),
         source,
     };
-    let mut kv = vec![KeyValue::new("v2x.sorted_by".to_string(), sort.join(","))];
-    if let Some(json) = schema_json {
-        kv.push(KeyValue::new("v2x.schema".to_string(), json.to_string()));
-    }
-    let level = ZstdLevel::try_new(settings.zstd_level).map_err(|source| CommitError::Parquet {
-        path: tmp.clone(),
-        source,
-    })?;
-    let props = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(level))
-        .set_dictionary_enabled(true)
-        .set_statistics_enabled(EnabledStatistics::Page)
-        .set_max_row_group_row_count(Some(settings.row_group_rows))
-        .set_key_value_metadata(Some(kv))
-        .set_created_by(format!("v2x-collector {}", env!("CARGO_PKG_VERSION")))
-        .build();
+    let props =
+        writer_properties(sort, schema_json, settings).map_err(|source| CommitError::Parquet {
+            path: tmp.clone(),
+            source,
+        })?;
     let result = (|| {
         let file = File::create(&tmp).map_err(|e| io("creating", e))?;
         let pq = |source| CommitError::Parquet {
@@ -163,6 +152,29 @@ pub fn write_tmp(
             Err(e)
         }
     }
+}
+
+/// How every data file is encoded (the collector's and `compact`'s): zstd, dictionaries, page
+/// statistics, the row group size, and the key-value metadata `v2x.sorted_by` (the sort
+/// columns, comma-separated) and `v2x.schema` (the kind's schema JSON).
+pub fn writer_properties(
+    sort: &[&str],
+    schema_json: Option<&str>,
+    settings: &FileSettings,
+) -> Result<WriterProperties, parquet::errors::ParquetError> {
+    let mut kv = vec![KeyValue::new("v2x.sorted_by".to_string(), sort.join(","))];
+    if let Some(json) = schema_json {
+        kv.push(KeyValue::new("v2x.schema".to_string(), json.to_string()));
+    }
+    let level = ZstdLevel::try_new(settings.zstd_level)?;
+    Ok(WriterProperties::builder()
+        .set_compression(Compression::ZSTD(level))
+        .set_dictionary_enabled(true)
+        .set_statistics_enabled(EnabledStatistics::Page)
+        .set_max_row_group_row_count(Some(settings.row_group_rows))
+        .set_key_value_metadata(Some(kv))
+        .set_created_by(format!("v2x-collector {}", env!("CARGO_PKG_VERSION")))
+        .build())
 }
 
 /// Renames a written temporary file to its final name (never over an existing file).
