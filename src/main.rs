@@ -55,11 +55,44 @@ enum Command {
     Query(QueryArgs),
     /// One kind, a time window and optional sources to one sorted Parquet, CSV or NDJSON file.
     Export(ExportArgs),
+    /// Merge the small files of closed partitions into files near a target size, atomically.
+    Compact(CompactArgs),
     /// List, show and check the declared schemas.
     Schema {
         #[command(subcommand)]
         command: SchemaCommand,
     },
+}
+
+#[derive(Args)]
+struct CompactArgs {
+    /// Dataset directory.
+    #[arg(long, env = "V2X_DATA", default_value = "data")]
+    data: PathBuf,
+    /// Only this kind (default: every kind; the quarantine table is never compacted).
+    #[arg(long)]
+    kind: Option<String>,
+    /// Size to aim for per output file: bytes, or binary K, M, G (128M, 1G).
+    #[arg(long, default_value = "128M", value_parser = v2x_collector::dataset::compact::parse_bytes)]
+    target_bytes: u64,
+    /// Most rows per output file.
+    #[arg(long, default_value_t = v2x_collector::dataset::compact::DEFAULT_MAX_ROWS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    max_rows: u64,
+    /// Leave the current UTC hour and the N-1 hours before it alone (the writer keeps an hour
+    /// open up to writer.max_age_s after it ends).
+    #[arg(long, default_value_t = v2x_collector::dataset::compact::DEFAULT_MIN_AGE_HOURS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    min_age_hours: u32,
+    /// Leave a partition alone when any of its files changed in the last S seconds (late data).
+    #[arg(long, default_value_t = v2x_collector::dataset::compact::DEFAULT_QUIET_SECS)]
+    quiet_secs: u64,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// JSON for scripts instead of the summary.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -188,6 +221,10 @@ struct SimulateArgs {
     count: Option<u64>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Event time of the first message (RFC 3339 or `YYYY-MM-DD[ HH:MM]` UTC; default now).
+    /// For long `--max` runs, whose zone clock runs ahead of the wall clock.
+    #[arg(long)]
+    start: Option<String>,
     /// Put before every RSU esn and vehicle id, so that two simulators do not collide.
     #[arg(long, default_value = "")]
     id_prefix: String,
@@ -297,6 +334,7 @@ fn main() -> ExitCode {
         Command::Ls(args) => ls(args),
         Command::Query(args) => query(args),
         Command::Export(args) => export(args),
+        Command::Compact(args) => compact(args),
         Command::Schema { command } => match schema(command) {
             Ok(code) => code,
             Err(e) => {
@@ -417,6 +455,18 @@ fn simulate(args: SimulateArgs) -> Result<(), (u8, anyhow::Error)> {
             ),
         ));
     }
+    let start_ms = match &args.start {
+        None => None,
+        Some(t) => match v2x_collector::dataset::export::parse_time(t) {
+            Some(us) => Some(us / 1000),
+            None => {
+                return Err((
+                    2,
+                    anyhow::anyhow!("--start {t:?} is not RFC 3339 or YYYY-MM-DD[ HH:MM] (UTC)"),
+                ));
+            }
+        },
+    };
     let settings = SimulateSettings {
         publish: PublishSettings {
             host,
@@ -433,6 +483,7 @@ fn simulate(args: SimulateArgs) -> Result<(), (u8, anyhow::Error)> {
         duration: args.duration.map(std::time::Duration::from_secs_f64),
         count: args.count,
         max: args.max,
+        start_ms,
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -634,6 +685,46 @@ fn ls(args: LsArgs) -> ExitCode {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    }
+}
+
+/// `compact`: exit 2 for a wrong data directory or kind, 1 when something could not be
+/// compacted (it is left as it was) or an interrupted step failed.
+fn compact(args: CompactArgs) -> ExitCode {
+    use v2x_collector::dataset::compact;
+    let opts = compact::Options {
+        target_bytes: args.target_bytes,
+        max_rows: args.max_rows,
+        min_age_hours: args.min_age_hours,
+        quiet_secs: args.quiet_secs,
+        dry_run: args.dry_run,
+        ..compact::Options::default()
+    };
+    let report = match compact::compact(&args.data, args.kind.as_deref(), &opts) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(j) => println!("{j}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(1);
+            }
+        }
+    } else {
+        print!("{}", compact::render(&report));
+    }
+    for e in &report.errors {
+        eprintln!("error: {} {}: {}", e.kind, e.partition, e.error);
+    }
+    if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
     }
 }
 

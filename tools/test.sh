@@ -16,6 +16,8 @@ command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
 # tests/dashboard.rs drives /usr/bin/chromium over the DevTools protocol (no chromedriver);
 # the fonts make its screenshots readable.
 [ -x /usr/bin/chromium ] || need+=(chromium fonts-liberation)
+# tests/interop.rs makes a venv with `python3 -m venv`, which Debian ships separately.
+python3 -c "import ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing ${need[*]} for the integration tests" >&2
     sudo=""

@@ -189,7 +189,15 @@ pub async fn run(req: &Request, mut progress: impl FnMut(u64, u64)) -> Result<Su
     }
 
     let estimate = estimate_rows(req);
-    let schema = Arc::new(df.schema().as_arrow().clone());
+    // The same entries in the Arrow schema's metadata, where pyarrow and Polars look.
+    let schema = Arc::new(
+        df.schema().as_arrow().clone().with_metadata(
+            metadata
+                .iter()
+                .map(|k| (k.key.clone(), k.value.clone().unwrap_or_default()))
+                .collect(),
+        ),
+    );
     let mut stream = df.execute_stream().await?;
     let mut sink = Sink::open(req.format, Some(&req.out), schema, metadata)?;
     let mut rows = 0u64;

@@ -22,6 +22,10 @@ pub struct SimulateSettings {
     pub duration: Option<Duration>,
     pub count: Option<u64>,
     pub max: bool,
+    /// Event time of the first tick, epoch ms (default: now). With `--max` the zone's clock
+    /// runs ahead of the wall clock; a start in the past keeps a long run's event times
+    /// plausible (not in the future) for the collector.
+    pub start_ms: Option<i64>,
 }
 
 /// Runs until done or `stop` resolves; returns messages published.
@@ -30,7 +34,9 @@ pub async fn run(
     stop: impl std::future::Future<Output = ()>,
     mut progress: impl FnMut(u64, f64),
 ) -> Result<u64, ReplayError> {
-    let start_ms = chrono::Utc::now().timestamp_millis();
+    let start_ms = s
+        .start_ms
+        .unwrap_or_else(|| chrono::Utc::now().timestamp_millis());
     let mut zone =
         Zone::new(s.seed, s.rsus, s.vehicles, s.hz, start_ms).with_id_prefix(&s.id_prefix);
     let mut pubs: Vec<Publisher> = (0..s.connections.max(1))
