@@ -133,7 +133,10 @@ pub async fn run(
     // may need to rename into: finish it first (one stat when there is nothing to do).
     match crate::dataset::compact::recover(&config.data_dir) {
         Ok(done) if !done.is_empty() => {
-            tracing::info!(partitions = done.len(), "completed an interrupted compaction");
+            tracing::info!(
+                partitions = done.len(),
+                "completed an interrupted compaction"
+            );
         }
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not check for an interrupted compaction"),
