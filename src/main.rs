@@ -540,6 +540,34 @@ fn replay(args: ReplayArgs) -> Result<(), (u8, anyhow::Error)> {
     Ok(())
 }
 
+/// A runtime for the dataset commands (DataFusion is async); `None` after printing why not.
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("error: {e}");
+            None
+        }
+    }
+}
+
+/// Prints `value` as pretty JSON; false (after saying why) when it cannot be serialized.
+fn print_json(value: &impl serde::Serialize) -> bool {
+    match serde_json::to_string_pretty(value) {
+        Ok(j) => {
+            println!("{j}");
+            true
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            false
+        }
+    }
+}
+
 /// `export`: exit 2 for bad arguments (times, kind, sources, format), 1 for failures.
 fn export(args: ExportArgs) -> ExitCode {
     use std::io::IsTerminal;
@@ -581,15 +609,8 @@ fn export(args: ExportArgs) -> ExitCode {
         format,
         memory_bytes: args.memory_mib.saturating_mul(1 << 20),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(1);
     };
     let tty = std::io::stderr().is_terminal();
     let progress = |rows: u64, estimate: u64| {
@@ -628,15 +649,8 @@ fn export(args: ExportArgs) -> ExitCode {
 
 /// `query`: exit 2 for a query that does not parse or plan, or a wrong data directory.
 fn query(args: QueryArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(1);
-        }
+    let Some(runtime) = runtime() else {
+        return ExitCode::from(1);
     };
     let run =
         v2x_collector::dataset::query::run(&args.data, &args.sql, args.format, args.out.as_deref());
@@ -666,12 +680,8 @@ fn ls(args: LsArgs) -> ExitCode {
         }
     };
     if args.json {
-        match serde_json::to_string_pretty(&listing) {
-            Ok(j) => println!("{j}"),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
+        if !print_json(&listing) {
+            return ExitCode::from(1);
         }
     } else {
         print!("{}", ls::render(&listing));
@@ -708,12 +718,8 @@ fn compact(args: CompactArgs) -> ExitCode {
         }
     };
     if args.json {
-        match serde_json::to_string_pretty(&report) {
-            Ok(j) => println!("{j}"),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(1);
-            }
+        if !print_json(&report) {
+            return ExitCode::from(1);
         }
     } else {
         print!("{}", compact::render(&report));

@@ -16,7 +16,6 @@ use datafusion::common::ScalarValue;
 use datafusion::execution::runtime_env::RuntimeEnvBuilder;
 use datafusion::logical_expr::{col, lit};
 use datafusion::prelude::SessionContext;
-use futures::StreamExt;
 use parquet::file::metadata::KeyValue;
 
 use super::query::{Format, QueryError, Sink, register};
@@ -145,7 +144,14 @@ pub async fn run(req: &Request, mut progress: impl FnMut(u64, u64)) -> Result<Su
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_limit(req.memory_bytes.max(16 << 20), 1.0)
         .build_arc()?;
-    let ctx = SessionContext::new_with_config_rt(super::query::session_config(), runtime);
+    // One sort stream (the output is one file anyway), and a merge reservation big enough to
+    // merge the spilled runs back: with DataFusion's 10 MB default a window of a few million
+    // rows failed to merge within 256 MB ("Resources exhausted").
+    let memory = req.memory_bytes.max(16 << 20);
+    let config = super::query::session_config()
+        .with_target_partitions(1)
+        .with_sort_spill_reservation_bytes(memory / 4);
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
     register(&ctx, &req.kind, &dir).await?;
 
     let mut df = ctx.table(req.kind.as_str()).await?;
@@ -199,24 +205,16 @@ pub async fn run(req: &Request, mut progress: impl FnMut(u64, u64)) -> Result<Su
         ),
     );
     let mut stream = df.execute_stream().await?;
-    let mut sink = Sink::open(req.format, Some(&req.out), schema, metadata)?;
-    let mut rows = 0u64;
+    let sink = Sink::open(req.format, Some(&req.out), schema, metadata)?;
     let mut last = Instant::now();
-    while let Some(batch) = stream.next().await {
-        let written = batch.map_err(QueryError::from).and_then(|b| {
-            rows += b.num_rows() as u64;
-            sink.write(b)
-        });
-        if let Err(e) = written {
-            sink.abandon();
-            return Err(e);
-        }
-        if last.elapsed() >= Duration::from_millis(500) {
-            progress(rows, estimate);
-            last = Instant::now();
-        }
-    }
-    sink.finish()?;
+    let rows = sink
+        .drain(&mut stream, |rows| {
+            if last.elapsed() >= Duration::from_millis(500) {
+                progress(rows, estimate);
+                last = Instant::now();
+            }
+        })
+        .await?;
     progress(rows, estimate);
     if req.format != Format::Parquet && !schema_json.is_empty() {
         let mut side = req.out.clone().into_os_string();

@@ -299,20 +299,8 @@ pub async fn run(
     };
     let schema: SchemaRef = Arc::new(df.schema().as_arrow().clone());
     let mut stream = df.execute_stream().await?;
-    let mut sink = Sink::open(format, out, schema, Vec::new())?;
-    let mut rows = 0u64;
-    while let Some(batch) = stream.next().await {
-        let written = batch.map_err(QueryError::from).and_then(|b| {
-            rows += b.num_rows() as u64;
-            sink.write(b)
-        });
-        if let Err(e) = written {
-            sink.abandon();
-            return Err(e);
-        }
-    }
-    sink.finish()?;
-    Ok(rows)
+    let sink = Sink::open(format, out, schema, Vec::new())?;
+    sink.drain(&mut stream, |_| {}).await
 }
 
 /// Where a result goes, batch by batch. A file is written under a temporary name (starting
@@ -432,6 +420,29 @@ impl Sink {
             std::fs::rename(&tmp, &path).map_err(write_err(&path))?;
         }
         Ok(())
+    }
+
+    /// Writes every batch of `stream`, then completes the output; `each(rows_so_far)` runs
+    /// after each batch. On an error the partial file is removed.
+    pub(crate) async fn drain(
+        mut self,
+        stream: &mut datafusion::physical_plan::SendableRecordBatchStream,
+        mut each: impl FnMut(u64),
+    ) -> Result<u64, QueryError> {
+        let mut rows = 0u64;
+        while let Some(batch) = stream.next().await {
+            let written = batch.map_err(QueryError::from).and_then(|b| {
+                rows += b.num_rows() as u64;
+                self.write(b)
+            });
+            if let Err(e) = written {
+                self.abandon();
+                return Err(e);
+            }
+            each(rows);
+        }
+        self.finish()?;
+        Ok(rows)
     }
 
     /// Removes a partial file after an error.
