@@ -12,8 +12,6 @@ use arrow::array::{Array, AsArray};
 use arrow::datatypes::TimestampMicrosecondType;
 use common::*;
 
-const RADAR_TOPIC: &str = "V2X/RADAR/N22W75HMBLD/TRACK/UP";
-
 fn ls(data: &Path, json: bool) -> std::process::Output {
     let mut cmd = bin();
     cmd.arg("ls").arg("--data").arg(data);
@@ -95,16 +93,7 @@ fn ls_reports_the_published_rows_files_times_and_sources() {
     let broker = Mosquitto::start();
     let ws = Workspace::new();
     let mut c = ws.start(&config(&broker), &[]);
-    let out = bin()
-        .args(["replay", "--broker", &broker.url(), "--topic", RADAR_TOPIC])
-        .arg(shared("openv2x-radar/track.json"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    replay_radar(&broker);
     publish_lines(
         broker.port,
         "v2x/v1/obu/car-1/bsm/up/float",

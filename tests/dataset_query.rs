@@ -64,17 +64,7 @@ fn dataset() -> (Workspace, i64) {
             &lines,
         );
     }
-    let out = bin()
-        .args(["replay", "--broker", &broker.url()])
-        .args(["--topic", "V2X/RADAR/N22W75HMBLD/TRACK/UP"])
-        .arg(shared("openv2x-radar/track.json"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    replay_radar(&broker);
     c.wait_processed(300 + 500, Duration::from_secs(60));
     assert!(c.stop().success());
     (ws, first_hour)

@@ -94,17 +94,7 @@ fn dataset(ws: &Workspace, published: &[Bsm]) {
             &lines,
         );
     }
-    let out = bin()
-        .args(["replay", "--broker", &broker.url()])
-        .args(["--topic", "V2X/RADAR/N22W75HMBLD/TRACK/UP"])
-        .arg(shared("openv2x-radar/track.json"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    replay_radar(&broker);
     c.wait_processed(published.len() as u64 + 500, Duration::from_secs(120));
     assert!(c.stop().success(), "{}", c.log_text());
 }

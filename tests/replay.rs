@@ -7,21 +7,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn replay(broker: &Mosquitto, args: &[&str]) {
-    let out = bin()
-        .arg("replay")
-        .arg("--broker")
-        .arg(broker.url())
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "replay {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn replaying_the_captures_gives_their_row_counts() {
     let broker = Mosquitto::start();

@@ -674,3 +674,28 @@ fn dechunk(mut body: &[u8]) -> Vec<u8> {
     }
     out
 }
+
+/// The radar capture's topic (500 frames, 11,165 targets).
+pub const RADAR_TOPIC: &str = "V2X/RADAR/N22W75HMBLD/TRACK/UP";
+
+/// Runs `v2x-collector replay --broker <broker> ARGS...` and asserts it succeeded.
+pub fn replay(broker: &Mosquitto, args: &[&str]) {
+    let out = bin()
+        .arg("replay")
+        .arg("--broker")
+        .arg(broker.url())
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "replay {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Replays the real radar capture (11,165 rows of `radar_target`).
+pub fn replay_radar(broker: &Mosquitto) {
+    let track = shared("openv2x-radar/track.json");
+    replay(broker, &["--topic", RADAR_TOPIC, track.to_str().unwrap()]);
+}
