@@ -11,9 +11,10 @@ use common::*;
 
 const HOUR_US: i64 = 3_600_000_000;
 
-fn query(data: &Path, args: &[&str]) -> (i32, String, String) {
+/// Runs `v2x-collector <command> --data DATA ARGS...`: (exit code, stdout, stderr).
+fn command(command: &str, data: &Path, args: &[&str]) -> (i32, String, String) {
     let out = bin()
-        .arg("query")
+        .arg(command)
         .arg("--data")
         .arg(data)
         .args(args)
@@ -24,6 +25,10 @@ fn query(data: &Path, args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+fn query(data: &Path, args: &[&str]) -> (i32, String, String) {
+    command("query", data, args)
 }
 
 fn json_rows(data: &Path, sql: &str) -> Vec<serde_json::Value> {
@@ -176,17 +181,8 @@ fn sql_over_the_dataset_with_partition_pruning_and_every_format() {
 }
 
 fn export(data: &Path, args: &[&str]) -> (i32, String) {
-    let out = bin()
-        .arg("export")
-        .arg("--data")
-        .arg(data)
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, _, err) = command("export", data, args);
+    (code, err)
 }
 
 #[test]

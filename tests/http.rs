@@ -15,6 +15,18 @@ fn status(addr: std::net::SocketAddr, token: Option<&str>) -> serde_json::Value 
     serde_json::from_str(&body).unwrap()
 }
 
+/// A broker and a collector whose HTTP server requires [`TOKEN`].
+fn with_token() -> (Mosquitto, Workspace, common::Collector) {
+    let broker = Mosquitto::start();
+    let ws = Workspace::new();
+    let extra = format!(
+        "{}[http]\nlisten = \"127.0.0.1:0\"\n",
+        common::config(&broker)
+    );
+    let c = ws.start_with_env(&extra, &[], &[("V2X_HTTP_TOKEN", TOKEN)]);
+    (broker, ws, c)
+}
+
 #[test]
 fn off_loopback_without_a_token_is_a_configuration_error() {
     let ws = Workspace::new();
@@ -43,13 +55,7 @@ fn off_loopback_without_a_token_is_a_configuration_error() {
 
 #[test]
 fn the_token_guards_data_routes_but_not_liveness() {
-    let broker = Mosquitto::start();
-    let ws = Workspace::new();
-    let extra = format!(
-        "{}[http]\nlisten = \"127.0.0.1:0\"\n",
-        common::config(&broker)
-    );
-    let mut c = ws.start_with_env(&extra, &[], &[("V2X_HTTP_TOKEN", TOKEN)]);
+    let (_broker, _ws, mut c) = with_token();
     let addr = c.http_addr();
 
     for path in ["/api/status", "/metrics", "/readyz"] {
@@ -171,13 +177,7 @@ fn status_flags_a_source_that_went_silent() {
 
 #[test]
 fn datasets_and_exports_over_http_with_hostile_identifiers_refused() {
-    let broker = Mosquitto::start();
-    let ws = Workspace::new();
-    let extra = format!(
-        "{}[http]\nlisten = \"127.0.0.1:0\"\n",
-        common::config(&broker)
-    );
-    let mut c = ws.start_with_env(&extra, &[], &[("V2X_HTTP_TOKEN", TOKEN)]);
+    let (broker, _ws, mut c) = with_token();
     let addr = c.http_addr();
     publish_lines(broker.port, common::TOPIC, &messages(0..120));
     c.wait_processed(120, Duration::from_secs(30));
