@@ -142,6 +142,10 @@ pub struct MqttConfig {
     /// Topic filters to subscribe to. Empty: derived from the routing templates (plus the
     /// `V2X/#` and `v2x/#` roots so unknown topics are quarantined rather than never seen).
     pub subscriptions: Vec<String>,
+    /// Share the subscriptions with other collectors as `$share/<group>/<filter>` (MQTT 5
+    /// shared subscriptions; mosquitto also honours them for 3.1.1): the broker gives each
+    /// message to one member of the group. Unset: a normal subscription.
+    pub shared_group: Option<String>,
     /// Subscription QoS.
     pub qos: u8,
     /// First reconnect delay; doubles up to `reconnect_max_ms`.
@@ -164,6 +168,7 @@ impl Default for MqttConfig {
             max_packet_bytes: 8 * 1024 * 1024,
             receive_maximum: 2000,
             subscriptions: Vec::new(),
+            shared_group: None,
             qos: 1,
             reconnect_min_ms: 200,
             reconnect_max_ms: 10_000,
@@ -408,6 +413,13 @@ impl Config {
         })?;
         if let Some(url) = &self.mqtt.broker {
             parse_broker_url(url)?;
+        }
+        if let Some(group) = &self.mqtt.shared_group
+            && !crate::route::is_safe_identifier(group)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "mqtt.shared_group {group:?} must be 1-64 characters of A-Z a-z 0-9 _ . - (no / + #)"
+            )));
         }
         if self.http.enabled {
             match self.http.token.as_deref() {

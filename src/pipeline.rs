@@ -190,11 +190,17 @@ pub async fn run(
             (host.to_string(), addr.port(), Protocol::V311)
         }
     };
-    let filters = if config.mqtt.subscriptions.is_empty() {
+    let mut filters = if config.mqtt.subscriptions.is_empty() {
         decoder.router().subscription_filters()
     } else {
         config.mqtt.subscriptions.clone()
     };
+    if let Some(group) = &config.mqtt.shared_group {
+        filters = filters
+            .into_iter()
+            .map(|f| format!("$share/{group}/{f}"))
+            .collect();
+    }
     let source_settings = SourceSettings {
         host,
         port,

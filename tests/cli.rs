@@ -166,6 +166,7 @@ fn readme_documents_every_config_key() {
         "embedded.listen_v5",
         "time.max_past_skew_s",
         "http.token",
+        "mqtt.shared_group",
     ] {
         if !readme.contains(&format!("`{name}`")) {
             missing.push(name.to_string());
