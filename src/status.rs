@@ -68,19 +68,19 @@ impl Activity {
         }
     }
 
-    fn source(&mut self, source_id: &str) -> Option<&mut SourceEntry> {
+    /// Applies `update` to a source's entry: one hash lookup for a known source (this runs
+    /// for every message), an insert for a new one while there is room.
+    fn source(&mut self, source_id: &str, update: impl FnOnce(&mut SourceEntry)) {
         if source_id.is_empty() {
-            return None;
+            return;
         }
-        if !self.sources.contains_key(source_id) {
-            if self.sources.len() >= MAX_SOURCES {
-                self.untracked_source_messages += 1;
-                return None;
-            }
-            self.sources
-                .insert(source_id.into(), SourceEntry::default());
+        if let Some(e) = self.sources.get_mut(source_id) {
+            update(e);
+        } else if self.sources.len() >= MAX_SOURCES {
+            self.untracked_source_messages += 1;
+        } else {
+            update(self.sources.entry(source_id.into()).or_default());
         }
-        self.sources.get_mut(source_id)
     }
 
     /// A message filed as `rows` rows of kind `kind`.
@@ -89,20 +89,18 @@ impl Activity {
             k.messages += 1;
             k.rows += rows as u64;
         }
-        if let Some(s) = self.source(source_id) {
+        self.source(source_id, |s| {
             s.messages += 1;
             s.last_seen_us = s.last_seen_us.max(recv_us);
             if kind < 64 {
                 s.kinds |= 1 << kind;
             }
-        }
+        });
     }
 
     /// A message-counter jump of a source.
     pub fn gap(&mut self, source_id: &str) {
-        if let Some(s) = self.source(source_id) {
-            s.gaps += 1;
-        }
+        self.source(source_id, |s| s.gaps += 1);
     }
 
     /// A quarantined message; `kind` and `source_id` when routing got that far.
@@ -119,13 +117,13 @@ impl Activity {
         if let Some(k) = kind.and_then(|k| self.kinds.get_mut(k)) {
             k.quarantined += 1;
         }
-        if let Some(s) = source_id.and_then(|id| self.source(id)) {
+        self.source(source_id.unwrap_or_default(), |s| {
             s.quarantined += 1;
             s.last_seen_us = s.last_seen_us.max(recv_us);
             if let Some(k) = kind.filter(|k| *k < 64) {
                 s.kinds |= 1 << k;
             }
-        }
+        });
         if self.recent.len() >= RECENT_QUARANTINED {
             self.recent.pop_front();
         }
