@@ -91,14 +91,9 @@ pub async fn context(data: &Path) -> Result<SessionContext, QueryError> {
     Ok(ctx)
 }
 
-/// Settings of every session over the dataset: file statistics collected for pruning, and
-/// strings read as the files declare them (`Utf8`, not DataFusion's `Utf8View`), so exports
-/// keep the dataset's schema.
+/// Settings of every session over the dataset: file statistics collected for pruning.
 pub(crate) fn session_config() -> SessionConfig {
-    SessionConfig::new().with_collect_statistics(true).set_bool(
-        "datafusion.execution.parquet.schema_force_view_types",
-        false,
-    )
+    SessionConfig::new().with_collect_statistics(true)
 }
 
 pub(crate) async fn register(
@@ -107,6 +102,8 @@ pub(crate) async fn register(
     dir: &Path,
 ) -> Result<(), QueryError> {
     let url = ListingTableUrl::parse(format!("{}/", dir.display()))?;
+    // Strings as the files declare them (`Utf8`, not DataFusion's default `Utf8View`), so
+    // exports keep the dataset's schema. (The session setting does not reach the format.)
     let format = ParquetFormat::default().with_force_view_types(false);
     let options = ListingOptions::new(Arc::new(format))
         .with_file_extension(".parquet")
