@@ -59,6 +59,21 @@ fn decode_all(d: &mut Decoder, topic: &str, payloads: &[Vec<u8>]) -> usize {
     rows
 }
 
+/// Commits everything the decoder holds as one sorted, zstd, fsynced file; returns its bytes.
+fn commit_all(d: &mut Decoder, dir: &std::path::Path, n: u64, settings: &FileSettings) -> u64 {
+    let batches: Vec<_> = d.take_batches().into_iter().map(|b| b.batch).collect();
+    parquet_file::commit(
+        dir,
+        &format!("bench-{n:020}.parquet"),
+        &batches,
+        &["source_id", "event_ts"],
+        None,
+        settings,
+    )
+    .unwrap()
+    .bytes
+}
+
 fn bench(c: &mut Criterion) {
     let bsms: Vec<Vec<u8>> = (0..10_000).map(bsm).collect();
     let bsm_bytes: usize = bsms.iter().map(Vec::len).sum();
@@ -96,18 +111,8 @@ fn bench(c: &mut Criterion) {
             for p in &bsms {
                 d.decode("V2X/OBU/car-1/BSM/UP", p, RECV_US);
             }
-            let batches: Vec<_> = d.take_batches().into_iter().map(|b| b.batch).collect();
             n += 1;
-            let done = parquet_file::commit(
-                dir.path(),
-                &format!("bench-{n:020}.parquet"),
-                &batches,
-                &["source_id", "event_ts"],
-                None,
-                &settings,
-            )
-            .unwrap();
-            parquet_bytes = done.bytes;
+            parquet_bytes = commit_all(&mut d, dir.path(), n, &settings);
         })
     });
     g.finish();
@@ -133,17 +138,8 @@ fn bench(c: &mut Criterion) {
                 }
             }
             wal.sync().unwrap();
-            let batches: Vec<_> = d.take_batches().into_iter().map(|b| b.batch).collect();
             n += 1;
-            parquet_file::commit(
-                dir.path(),
-                &format!("bench-{n:020}.parquet"),
-                &batches,
-                &["source_id", "event_ts"],
-                None,
-                &settings,
-            )
-            .unwrap();
+            commit_all(&mut d, dir.path(), n, &settings);
         })
     });
     g.finish();

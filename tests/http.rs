@@ -15,6 +15,17 @@ fn status(addr: std::net::SocketAddr, token: Option<&str>) -> serde_json::Value 
     serde_json::from_str(&body).unwrap()
 }
 
+/// The entry of `name` in a document's `kinds` list (`/api/status`, `/api/datasets`).
+fn kind(doc: &serde_json::Value, name: &str) -> serde_json::Value {
+    doc["kinds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kind"] == name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no kind {name} in {doc:#}"))
+}
+
 /// A broker and a collector whose HTTP server requires [`TOKEN`].
 fn with_token() -> (Mosquitto, Workspace, common::Collector) {
     let broker = Mosquitto::start();
@@ -146,13 +157,7 @@ fn status_flags_a_source_that_went_silent() {
     let started = Instant::now();
     loop {
         let s = status(addr, None);
-        let bsm = s["kinds"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|k| k["kind"] == "bsm")
-            .cloned()
-            .unwrap();
+        let bsm = kind(&s, "bsm");
         if bsm["messages"].as_u64() == Some(i as u64) {
             assert_eq!(s["totals"]["decoded"].as_u64(), Some(i as u64), "{s:#}");
             break;
@@ -187,13 +192,7 @@ fn datasets_and_exports_over_http_with_hostile_identifiers_refused() {
         let (code, body) = http_get(addr, "/api/datasets", Some(TOKEN)).unwrap();
         assert_eq!(code, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        let bsm = v["kinds"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|k| k["kind"] == "bsm")
-            .cloned()
-            .unwrap();
+        let bsm = kind(&v, "bsm");
         if bsm["rows"] == 120 {
             break v;
         }
