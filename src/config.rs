@@ -50,6 +50,7 @@ pub struct Config {
     pub decode: DecodeConfig,
     pub time: TimeConfig,
     pub writer: WriterConfig,
+    pub store: StoreConfig,
 }
 
 impl Default for Config {
@@ -68,6 +69,7 @@ impl Default for Config {
             decode: DecodeConfig::default(),
             time: TimeConfig::default(),
             writer: WriterConfig::default(),
+            store: StoreConfig::default(),
         }
     }
 }
@@ -348,6 +350,105 @@ impl Default for WriterConfig {
     }
 }
 
+/// Object store output. With `url` set, committed files are uploaded to an S3-compatible
+/// bucket instead of being renamed into `data_dir` (see `sink::store`). Credentials, region and
+/// endpoint also come from the standard `AWS_*` environment variables; these keys win.
+#[derive(Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `s3://bucket/prefix`. Unset: files go to `data_dir` on local disk.
+    pub url: Option<String>,
+    /// Endpoint of an S3-compatible store (MinIO, Ceph, OSS-style). Unset: AWS.
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    /// Never logged or serialized.
+    #[serde(skip_serializing)]
+    pub secret_access_key: Option<String>,
+    /// Allow an `http://` endpoint (a store on the same host or a trusted network).
+    pub allow_http: bool,
+    /// `bucket.endpoint/key` requests instead of `endpoint/bucket/key`.
+    pub virtual_hosted_style: bool,
+    /// Files at least this big are uploaded in parts of this size (S3 wants 5 MiB or more).
+    pub multipart_part_bytes: usize,
+    /// Timeout of one request, in seconds.
+    pub timeout_s: f64,
+    /// Retries of one request before the commit counts as failed (it is then retried with
+    /// backoff, rows kept in the WAL).
+    pub max_retries: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            url: None,
+            endpoint: None,
+            region: None,
+            access_key_id: None,
+            secret_access_key: None,
+            allow_http: false,
+            virtual_hosted_style: false,
+            multipart_part_bytes: 8 * 1024 * 1024,
+            timeout_s: 30.0,
+            max_retries: 3,
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreConfig")
+            .field("url", &self.url)
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .field(
+                "secret_access_key",
+                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("allow_http", &self.allow_http)
+            .field("virtual_hosted_style", &self.virtual_hosted_style)
+            .field("multipart_part_bytes", &self.multipart_part_bytes)
+            .field("timeout_s", &self.timeout_s)
+            .field("max_retries", &self.max_retries)
+            .finish()
+    }
+}
+
+impl StoreConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let Some(url) = &self.url else {
+            return Ok(());
+        };
+        crate::sink::store::parse_url(url)
+            .map_err(|e| ConfigError::Invalid(format!("store.url {url:?} {e}")))?;
+        if let Some(e) = &self.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(ConfigError::Invalid(format!(
+                    "store.endpoint {e:?} must start with http:// or https://"
+                )));
+            }
+            if e.starts_with("http://") && !self.allow_http {
+                return Err(ConfigError::Invalid(format!(
+                    "store.endpoint {e:?} is plain HTTP: set store.allow_http = true to send \
+                     data and signed requests unencrypted"
+                )));
+            }
+        }
+        if self.multipart_part_bytes < 64 * 1024 {
+            return Err(ConfigError::Invalid(
+                "store.multipart_part_bytes must be at least 64 KiB (S3 itself needs 5 MiB)".into(),
+            ));
+        }
+        if self.timeout_s.is_nan() || self.timeout_s <= 0.0 {
+            return Err(ConfigError::Invalid(
+                "store.timeout_s must be above 0".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Config {
     /// Reads a TOML file. A missing `--config` is not an error: defaults apply.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -380,6 +481,7 @@ impl Config {
                 "mqtt.max_packet_bytes must be at least 1 MiB".into(),
             ));
         }
+        self.store.validate()?;
         if self.routing.separator.is_empty() {
             return Err(ConfigError::Invalid(
                 "routing.separator must not be empty".into(),

@@ -197,6 +197,10 @@ struct RunArgs {
     /// Directory of schema files replacing the built-in ones.
     #[arg(long, env = "V2X_SCHEMA_DIR")]
     schema_dir: Option<PathBuf>,
+    /// Upload committed files to this object store, s3://bucket/prefix (see [store] in the
+    /// config; credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY).
+    #[arg(long, env = "V2X_STORE_URL")]
+    store: Option<String>,
 }
 
 #[derive(Args)]
@@ -392,6 +396,9 @@ fn load_run_config(args: RunArgs) -> anyhow::Result<Config> {
     }
     if let Some(v) = args.schema_dir {
         c.schema_dir = Some(v);
+    }
+    if let Some(v) = args.store {
+        c.store.url = Some(v);
     }
     c.validate()?;
     Ok(c)

@@ -73,6 +73,8 @@ pub struct Stats {
     pub unhealthy: AtomicBool,
     /// The WAL is at its bound: nothing is acknowledged until files commit.
     pub wal_full: AtomicBool,
+    /// A commit failed (disk, object store) and is being retried with backoff.
+    pub commit_failing: AtomicBool,
     pub rows: AtomicU64,
     pub quarantined: AtomicU64,
     pub files_committed: AtomicU64,
@@ -154,6 +156,14 @@ pub async fn run(
                 zstd_level: config.writer.zstd_level,
             },
             wal_dir: Some(config.wal_dir.clone()),
+            store: match &config.store.url {
+                // Building the client makes no request: its errors are settings.
+                Some(_) => Some(Arc::new(
+                    crate::sink::store::ObjectTarget::new(&config.store)
+                        .map_err(|e| ConfigError::Invalid(e.to_string()))?,
+                )),
+                None => None,
+            },
         },
         &kinds,
     )?;
@@ -742,6 +752,7 @@ fn writer_loop(
         stats
             .rows_committed
             .store(s.rows_committed, Ordering::Relaxed);
+        stats.commit_failing.store(w.failing(), Ordering::Relaxed);
     };
     let tick_every = Duration::from_millis(500);
     let mut last_tick = Instant::now();

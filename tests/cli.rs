@@ -167,6 +167,11 @@ fn readme_documents_every_config_key() {
         "time.max_past_skew_s",
         "http.token",
         "mqtt.shared_group",
+        "store.url",
+        "store.endpoint",
+        "store.region",
+        "store.access_key_id",
+        "store.secret_access_key",
     ] {
         if !readme.contains(&format!("`{name}`")) {
             missing.push(name.to_string());

@@ -120,19 +120,6 @@ fn radar_published() -> (usize, f64, i64, i64, i64) {
 
 // ---- The Python side ----------------------------------------------------------------------
 
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|p| {
-            if p.is_absolute() {
-                p
-            } else {
-                Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
-            }
-        })
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
-}
-
 fn run(cmd: &mut Command, what: &str) -> std::process::Output {
     let out = cmd
         .output()
@@ -148,78 +135,14 @@ fn run(cmd: &mut Command, what: &str) -> std::process::Output {
 }
 
 /// The venv's Python with pyarrow and DuckDB (and Polars when it installs), made once and kept
-/// in `<target>/interop-venv`. Any failure to make it fails the test with the reason.
+/// in `<target>/interop-venv`.
 fn python() -> PathBuf {
-    let venv = target_dir().join("interop-venv");
-    let py = venv.join("bin/python");
-    let ready = |py: &Path| {
-        Command::new(py)
-            .args(["-c", "import pyarrow, duckdb"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if ready(&py) {
-        return py;
-    }
-    // Built under a private name and renamed into place, so a concurrent run never sees a
-    // half-made venv. The interpreter finds its packages from its own location, so the
-    // rename is safe as long as it is run as `python -m pip`, never through bin/pip.
-    let tmp = target_dir().join(format!("interop-venv.tmp-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir_all(target_dir()).unwrap();
-    let started = Instant::now();
-    run(
-        Command::new("python3").args(["-m", "venv"]).arg(&tmp),
-        "creating the interop venv with `python3 -m venv` (Debian needs python3-venv; \
-         tools/test.sh installs it)",
-    );
-    let tmp_py = tmp.join("bin/python");
-    run(
-        Command::new(&tmp_py).args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--quiet",
-            "pyarrow>=15",
-            "duckdb>=1.1",
-        ]),
-        "pip install pyarrow duckdb into the interop venv",
-    );
-    // Polars is optional: the interop tool reports it when it imports.
-    let polars = Command::new(&tmp_py)
-        .args([
-            "-m",
-            "pip",
-            "install",
-            "--disable-pip-version-check",
-            "--quiet",
-            "polars>=1.0",
-        ])
-        .output();
-    if !polars.as_ref().is_ok_and(|o| o.status.success()) {
-        eprintln!("note: polars did not install; the interop test runs without it: {polars:?}");
-    }
-    if std::fs::rename(&tmp, &venv).is_err() {
-        // Another run finished first, or a broken venv is in the way.
-        if ready(&py) {
-            let _ = std::fs::remove_dir_all(&tmp);
-            return py;
-        }
-        let _ = std::fs::remove_dir_all(&venv);
-        std::fs::rename(&tmp, &venv).unwrap();
-    }
-    eprintln!(
-        "made {} in {:.1} s",
-        venv.display(),
-        started.elapsed().as_secs_f64()
-    );
-    assert!(
-        ready(&py),
-        "{} cannot import pyarrow and duckdb",
-        py.display()
-    );
-    py
+    python_venv(
+        "interop-venv",
+        "pyarrow, duckdb",
+        &["pyarrow>=15", "duckdb>=1.1"],
+        &["polars>=1.0"],
+    )
 }
 
 fn interop(data: &Path, exports: &[PathBuf]) -> Value {

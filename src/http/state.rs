@@ -167,6 +167,9 @@ impl Shared {
         if stats.wal_full.load(Ordering::Relaxed) {
             out.push("write-ahead log at its bound");
         }
+        if stats.commit_failing.load(Ordering::Relaxed) {
+            out.push("commits failing (disk or object store), retrying");
+        }
         if disk_space(&self.inputs.data_dir).is_some_and(|(free, _)| free < LOW_DISK_BYTES) {
             out.push("data disk full");
         }

@@ -14,8 +14,13 @@
 //! A crash before 2 leaves only temporary files (removed at start; the WAL replays their
 //! rows); a crash after 2 is completed at start from the manifest. So after recovery every
 //! WAL record is either in the dataset or replayed, never both.
+//!
+//! With an object store (`[store] url`), the files of step 1 are written under the spool
+//! `<wal>/spool` instead of `data_dir`, and step 3 uploads each one to its key (removing the
+//! spool copy) instead of renaming it; see [`store`].
 
 pub mod parquet_file;
+pub mod store;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +45,8 @@ pub enum SinkError {
     Commit(#[from] CommitError),
     #[error("commit manifest {path}: {reason}")]
     Manifest { path: PathBuf, reason: String },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
 }
 
 /// Rotation and layout settings.
@@ -57,6 +64,20 @@ pub struct WriterSettings {
     pub file: FileSettings,
     /// Where the checkpoint and the commit manifest live (the WAL directory).
     pub wal_dir: Option<PathBuf>,
+    /// Upload committed files to this object store instead of renaming them into `data_dir`
+    /// (needs `wal_dir`, where the files are spooled).
+    pub store: Option<Arc<store::ObjectTarget>>,
+}
+
+impl WriterSettings {
+    /// Where files are written before they are published: `data_dir`, or the spool in the
+    /// WAL directory when they are uploaded.
+    fn root(&self) -> PathBuf {
+        match (&self.store, &self.wal_dir) {
+            (Some(_), Some(wal)) => wal.join("spool"),
+            _ => self.data_dir.clone(),
+        }
+    }
 }
 
 struct OpenFile {
@@ -115,6 +136,10 @@ pub struct PartitionWriter {
     /// Rows of a group arrived and its `progress` has not: the open files hold part of a
     /// group, so a commit now could not name an exact checkpoint.
     in_group: bool,
+    /// `data_dir` or the upload spool.
+    root: PathBuf,
+    /// The kinds' `_schema.json` are not in the object store yet.
+    schemas_pending: bool,
 }
 
 const MANIFEST: &str = "commit-manifest";
@@ -130,11 +155,18 @@ impl PartitionWriter {
             path: path.to_owned(),
             source,
         };
-        std::fs::create_dir_all(&settings.data_dir).map_err(|e| prep(&settings.data_dir, e))?;
+        let root = settings.root();
+        if settings.store.is_some() && settings.wal_dir.is_none() {
+            return Err(SinkError::Manifest {
+                path: root,
+                reason: "object store output needs a WAL directory to spool files in".into(),
+            });
+        }
+        std::fs::create_dir_all(&root).map_err(|e| prep(&root, e))?;
         let mut checkpoint = 0;
         if let Some(wal_dir) = &settings.wal_dir {
             std::fs::create_dir_all(wal_dir).map_err(|e| prep(wal_dir, e))?;
-            if let Some(cp) = complete_manifest(wal_dir, &settings.data_dir)? {
+            if let Some(cp) = complete_manifest(wal_dir, &root, settings.store.as_deref())? {
                 tracing::info!(checkpoint = cp, "completed a commit interrupted by a crash");
             }
             checkpoint = crate::wal::read_checkpoint(wal_dir).map_err(|e| SinkError::Manifest {
@@ -142,21 +174,22 @@ impl PartitionWriter {
                 reason: e.to_string(),
             })?;
         }
-        let removed =
-            remove_tmp_leftovers(&settings.data_dir).map_err(|e| prep(&settings.data_dir, e))?;
+        let removed = remove_tmp_leftovers(&root).map_err(|e| prep(&root, e))?;
         if removed > 0 {
             tracing::warn!(removed, "removed temporary files left by an earlier run");
         }
         let mut schemas = HashMap::new();
         for k in kinds {
-            let dir = settings.data_dir.join(&k.kind);
-            std::fs::create_dir_all(&dir).map_err(|e| prep(&dir, e))?;
             let json = k.to_json();
-            parquet_file::write_atomic(&dir.join("_schema.json"), json.as_bytes())
-                .map_err(|e| prep(&dir, e))?;
+            if settings.store.is_none() {
+                let dir = settings.data_dir.join(&k.kind);
+                std::fs::create_dir_all(&dir).map_err(|e| prep(&dir, e))?;
+                parquet_file::write_atomic(&dir.join("_schema.json"), json.as_bytes())
+                    .map_err(|e| prep(&dir, e))?;
+            }
             schemas.insert(k.kind.clone(), json);
         }
-        Ok(PartitionWriter {
+        let mut writer = PartitionWriter {
             settings,
             open: HashMap::new(),
             buffered_bytes: 0,
@@ -168,7 +201,43 @@ impl PartitionWriter {
             retry_at: None,
             want_commit: false,
             in_group: false,
-        })
+            root,
+            schemas_pending: false,
+        };
+        if let Some(store) = writer.settings.store.clone() {
+            // Not fatal: the store may be down now; the first commit tries again.
+            writer.schemas_pending = true;
+            match writer.upload_schemas() {
+                Ok(()) => tracing::info!(store = %store.url(), "writing to the object store"),
+                Err(e) => {
+                    tracing::error!(store = %store.url(), error = %e, "object store not reachable; files stay spooled and acknowledgements stop when the WAL is full")
+                }
+            }
+        }
+        Ok(writer)
+    }
+
+    /// Puts each kind's `_schema.json` in the object store (once per run).
+    fn upload_schemas(&mut self) -> Result<(), SinkError> {
+        let Some(store) = &self.settings.store else {
+            return Ok(());
+        };
+        if !self.schemas_pending {
+            return Ok(());
+        }
+        let mut kinds: Vec<_> = self.schemas.iter().collect();
+        kinds.sort();
+        for (kind, json) in kinds {
+            let rel = Path::new(kind.as_str()).join("_schema.json");
+            store.put_bytes(&rel, json.clone().into_bytes())?;
+        }
+        self.schemas_pending = false;
+        Ok(())
+    }
+
+    /// A commit failed and waits for its retry (disk full, object store down).
+    pub fn failing(&self) -> bool {
+        self.retry_at.is_some()
     }
 
     pub fn stats(&self) -> SinkStats {
@@ -290,10 +359,13 @@ impl PartitionWriter {
         let started = Instant::now();
         if let Some(wal_dir) = &self.settings.wal_dir {
             // A set interrupted at runtime (say, a failed rename) is finished first.
-            if let Some(cp) = complete_manifest(wal_dir, &self.settings.data_dir)? {
+            if let Some(cp) =
+                complete_manifest(wal_dir, &self.root, self.settings.store.as_deref())?
+            {
                 self.checkpoint = self.checkpoint.max(cp);
             }
         }
+        self.upload_schemas()?;
         let checkpoint = self.next_lsn;
         let mut written: Vec<(Arc<str>, parquet_file::TmpFile)> = Vec::new();
         let mut keys: Vec<_> = self.open.keys().cloned().collect();
@@ -301,7 +373,7 @@ impl PartitionWriter {
         for key in &keys {
             let f = &self.open[key];
             let (table, hour_us) = key;
-            let dir = partition_dir(&self.settings.data_dir, table, *hour_us);
+            let dir = partition_dir(&self.root, table, *hour_us);
             let name = format!(
                 "{}-{:020}.parquet",
                 self.settings.collector_id,
@@ -337,11 +409,7 @@ impl PartitionWriter {
             Err(e)
         };
         if let Some(wal_dir) = &self.settings.wal_dir {
-            let manifest = manifest_text(
-                checkpoint,
-                &self.settings.data_dir,
-                written.iter().map(|(_, t)| t),
-            );
+            let manifest = manifest_text(checkpoint, &self.root, written.iter().map(|(_, t)| t));
             if let Err(e) = parquet_file::write_atomic(&wal_dir.join(MANIFEST), manifest.as_bytes())
             {
                 return fail(
@@ -361,7 +429,7 @@ impl PartitionWriter {
         }
         let mut dirs: Vec<PathBuf> = Vec::new();
         for (_, t) in &written {
-            parquet_file::publish(t)?;
+            publish(t, &self.root, self.settings.store.as_deref())?;
             crate::failpoint::hit("after_rename");
             if let Some(d) = t.path.parent()
                 && !dirs.iter().any(|x| x == d)
@@ -370,11 +438,7 @@ impl PartitionWriter {
             }
         }
         for d in &dirs {
-            parquet_file::sync_dir(d).map_err(|source| CommitError::Io {
-                step: "fsync of directory",
-                path: d.clone(),
-                source,
-            })?;
+            sync_published(d, self.settings.store.is_some())?;
         }
         if let Some(wal_dir) = &self.settings.wal_dir {
             crate::failpoint::hit("before_checkpoint");
@@ -393,7 +457,15 @@ impl PartitionWriter {
             self.stats.rows_committed += t.rows as u64;
             self.stats.bytes_committed += t.bytes;
             let _span = tracing::debug_span!("commit", kind = %table).entered();
-            tracing::debug!(path = %t.path.display(), rows = t.rows, bytes = t.bytes, "committed");
+            match &self.settings.store {
+                Some(s) => {
+                    let rel = t.path.strip_prefix(&self.root).unwrap_or(&t.path);
+                    tracing::debug!(key = %s.key(rel), rows = t.rows, bytes = t.bytes, "committed");
+                }
+                None => {
+                    tracing::debug!(path = %t.path.display(), rows = t.rows, bytes = t.bytes, "committed")
+                }
+            }
         }
         self.open.clear();
         self.buffered_bytes = 0;
@@ -434,9 +506,50 @@ fn finish_manifest(wal_dir: &Path, checkpoint: u64) -> Result<(), SinkError> {
     parquet_file::sync_dir(wal_dir).map_err(|e| err(e.to_string()))
 }
 
-/// Finishes a commit set whose manifest is durable: renames what is still temporary, then
-/// writes its checkpoint. Returns that checkpoint, or `None` when there was no manifest.
-pub fn complete_manifest(wal_dir: &Path, data_dir: &Path) -> Result<Option<u64>, SinkError> {
+/// Makes one written file visible: renamed into the dataset, or uploaded to its key.
+fn publish(
+    t: &parquet_file::TmpFile,
+    root: &Path,
+    store: Option<&store::ObjectTarget>,
+) -> Result<(), SinkError> {
+    match store {
+        None => Ok(parquet_file::publish(t)?),
+        Some(s) => {
+            let rel = t.path.strip_prefix(root).unwrap_or(&t.path);
+            s.upload(&t.tmp, rel)?;
+            Ok(())
+        }
+    }
+}
+
+/// After publishing into `dir`: fsync it (renames), or drop it from the spool when the
+/// uploads emptied it (its date directory too).
+fn sync_published(dir: &Path, uploaded: bool) -> Result<(), SinkError> {
+    if uploaded {
+        if std::fs::remove_dir(dir).is_ok()
+            && let Some(date) = dir.parent()
+        {
+            let _ = std::fs::remove_dir(date);
+        }
+        return Ok(());
+    }
+    parquet_file::sync_dir(dir).map_err(|source| {
+        SinkError::Commit(CommitError::Io {
+            step: "fsync of directory",
+            path: dir.to_owned(),
+            source,
+        })
+    })
+}
+
+/// Finishes a commit set whose manifest is durable: publishes (renames or uploads) what is
+/// still temporary under `root`, then writes its checkpoint. Returns that checkpoint, or
+/// `None` when there was no manifest.
+pub fn complete_manifest(
+    wal_dir: &Path,
+    root: &Path,
+    store: Option<&store::ObjectTarget>,
+) -> Result<Option<u64>, SinkError> {
     let path = wal_dir.join(MANIFEST);
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
@@ -460,9 +573,14 @@ pub fn complete_manifest(wal_dir: &Path, data_dir: &Path) -> Result<Option<u64>,
         .ok_or_else(|| bad("no checkpoint line"))?;
     let mut dirs: Vec<PathBuf> = Vec::new();
     for line in lines.filter(|l| !l.is_empty()) {
-        let (tmp, fin) = line.split_once('\t').ok_or_else(|| bad("malformed line"))?;
-        let (tmp, fin) = (data_dir.join(tmp), data_dir.join(fin));
-        if tmp.exists() {
+        let (tmp_rel, fin_rel) = line.split_once('\t').ok_or_else(|| bad("malformed line"))?;
+        let (tmp, fin) = (root.join(tmp_rel), root.join(fin_rel));
+        if let Some(s) = store {
+            // A spool file that is gone was uploaded before the interruption.
+            if tmp.exists() {
+                s.upload(&tmp, Path::new(fin_rel))?;
+            }
+        } else if tmp.exists() {
             std::fs::rename(&tmp, &fin)
                 .map_err(|e| bad(&format!("renaming {}: {e}", tmp.display())))?;
         } else if !fin.exists() {
@@ -479,7 +597,7 @@ pub fn complete_manifest(wal_dir: &Path, data_dir: &Path) -> Result<Option<u64>,
         }
     }
     for d in &dirs {
-        parquet_file::sync_dir(d).map_err(|e| bad(&e.to_string()))?;
+        sync_published(d, store.is_some())?;
     }
     finish_manifest(wal_dir, checkpoint)?;
     Ok(Some(checkpoint))

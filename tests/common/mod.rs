@@ -703,3 +703,100 @@ pub fn replay_radar(broker: &Mosquitto) {
     let track = shared("openv2x-radar/track.json");
     replay(broker, &["--topic", RADAR_TOPIC, track.to_str().unwrap()]);
 }
+
+/// The build's target directory (`CARGO_TARGET_DIR` or `./target`), where tests cache venvs.
+#[allow(dead_code)]
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .map(|p| {
+            if p.is_absolute() {
+                p
+            } else {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join(p)
+            }
+        })
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+/// The Python of a venv `<target>/<name>` that can `import <import>`, made once with
+/// `packages` (and `optional` ones when they install) and kept. Built under a private name and
+/// renamed into place, so a concurrent run never sees a half-made venv; run it as
+/// `python -m ...`, never through the venv's bin/ scripts (their shebangs name the build path).
+/// Any failure fails the test with the reason.
+#[allow(dead_code)]
+pub fn python_venv(name: &str, import: &str, packages: &[&str], optional: &[&str]) -> PathBuf {
+    let venv = target_dir().join(name);
+    let py = venv.join("bin/python");
+    let ready = |py: &Path| {
+        Command::new(py)
+            .args(["-c", &format!("import {import}")])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if ready(&py) {
+        return py;
+    }
+    let run = |cmd: &mut Command, what: &str| {
+        let out = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("{what}: could not start {cmd:?}: {e}"));
+        assert!(
+            out.status.success(),
+            "{what} failed ({}): {cmd:?}\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let tmp = target_dir().join(format!("{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(target_dir()).unwrap();
+    let started = Instant::now();
+    run(
+        Command::new("python3").args(["-m", "venv"]).arg(&tmp),
+        &format!(
+            "creating the {name} venv with `python3 -m venv` (Debian needs python3-venv; \
+             tools/test.sh installs it)"
+        ),
+    );
+    let tmp_py = tmp.join("bin/python");
+    let pip = |pkgs: &[&str]| {
+        let mut c = Command::new(&tmp_py);
+        c.args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--quiet",
+        ])
+        .args(pkgs);
+        c
+    };
+    run(
+        &mut pip(packages),
+        &format!("pip install {} into the {name} venv", packages.join(" ")),
+    );
+    for p in optional {
+        let out = pip(&[p]).output();
+        if !out.as_ref().is_ok_and(|o| o.status.success()) {
+            eprintln!("note: optional {p} did not install into {name}: {out:?}");
+        }
+    }
+    if std::fs::rename(&tmp, &venv).is_err() {
+        // Another run finished first, or a broken venv is in the way.
+        if ready(&py) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return py;
+        }
+        let _ = std::fs::remove_dir_all(&venv);
+        std::fs::rename(&tmp, &venv).unwrap();
+    }
+    eprintln!(
+        "made {} in {:.1} s",
+        venv.display(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(ready(&py), "{} cannot import {import}", py.display());
+    py
+}
