@@ -188,6 +188,30 @@ fn example_configuration_is_valid() {
     assert_eq!(c.collector_id, "edge-01");
 }
 
+/// The collector.toml of the compose stack and of the Kubernetes ConfigMap load and validate,
+/// so the deploy files cannot drift from the configuration structs.
+#[test]
+fn deploy_configurations_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let compose = root.join("deploy/compose/collector.toml");
+    let c = v2x_collector::config::Config::load(Some(&compose)).unwrap();
+    c.validate().unwrap();
+    assert!(c.store.url.is_some(), "the compose stack writes to its S3 store");
+
+    let yaml = std::fs::read_to_string(root.join("deploy/k8s/configmap.yaml")).unwrap();
+    let toml: String = yaml
+        .lines()
+        .skip_while(|l| l.trim() != "collector.toml: |")
+        .skip(1)
+        .take_while(|l| l.is_empty() || l.starts_with("    "))
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    assert!(toml.contains("[mqtt]"), "no collector.toml in the ConfigMap");
+    let c: v2x_collector::config::Config = toml::from_str(&toml).unwrap();
+    c.validate().unwrap();
+    assert!(c.mqtt.shared_group.is_some(), "replicas share the subscription");
+}
+
 #[test]
 fn schema_docs_match_schemas_readme() {
     let out = bin()
