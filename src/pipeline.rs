@@ -170,6 +170,9 @@ pub async fn run(
 
     // Replay what the WAL holds beyond the checkpoint before taking new messages.
     let stats = Arc::new(Stats::default());
+    stats
+        .commit_failing
+        .store(writer.failing(), Ordering::Relaxed);
     let mut recent = RecentIds::new(config.wal.dedup_window);
     let next_lsn = recover(
         &mut decoder,
@@ -377,7 +380,8 @@ fn recover(
     recent: &mut RecentIds,
     stats: &Stats,
 ) -> Result<u64, RunError> {
-    let checkpoint = writer.checkpoint();
+    // Past the checkpoint when a commit set is still to be published (object store down).
+    let checkpoint = writer.replay_from();
     let segments = crate::wal::segments(wal_dir)?;
     let started = Instant::now();
     let mut next_lsn = checkpoint;

@@ -252,7 +252,7 @@ fn crash_mid_multipart_leaves_nothing_visible_and_restart_finishes_the_set() {
     let extra = format!(
         "[mqtt]\nbroker = \"{}\"\n[writer]\nmax_age_s = 600\nmax_rows = 1000000\n{}",
         broker.url(),
-        s3.config("multipart_part_bytes = 65536")
+        s3.config("multipart_part_bytes = 65536\ntimeout_s = 1.0\nmax_retries = 0")
     );
     let n = 20_000;
     let mut env = CREDS.to_vec();
@@ -284,18 +284,29 @@ fn crash_mid_multipart_leaves_nothing_visible_and_restart_finishes_the_set() {
         spool_files(&ws)
     );
 
+    // Restarted while the store is down: it starts anyway, replays only what the pending set
+    // does not hold, reports the failing commit, and finishes the set when the store is back.
+    s3.signal("STOP");
     let mut c = ws.start_with_env(&extra, &[], &CREDS);
+    c.wait_log(
+        "could not finish a commit interrupted by a crash",
+        Duration::from_secs(60),
+    );
+    let start = Instant::now();
+    let mut readyz = String::new();
+    while start.elapsed() < Duration::from_secs(30) && !readyz.contains("commits failing") {
+        readyz = http_get(c.http_addr(), "/readyz", None).unwrap().1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(readyz.contains("commits failing"), "{readyz}");
+    s3.signal("CONT");
     c.wait_log(
         "completed a commit interrupted by a crash",
         Duration::from_secs(60),
     );
     assert!(c.stop().success(), "{}", c.log_text());
-    assert!(
-        c.log_text()
-            .contains("aborted an upload an earlier attempt left unfinished"),
-        "{}",
-        c.log_text()
-    );
+    // (Requests that timed out while moto was stopped may run when it resumes, so which
+    // abort did the work is not fixed; that it was done is.)
     assert_eq!(s3.open_uploads(), 0, "the cut upload was not aborted");
     assert_eq!(
         spool_files(&ws),

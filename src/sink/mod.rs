@@ -164,19 +164,34 @@ impl PartitionWriter {
         }
         std::fs::create_dir_all(&root).map_err(|e| prep(&root, e))?;
         let mut checkpoint = 0;
+        // The checkpoint of a commit set that could not be finished now (object store down):
+        // its rows are in the spool files it names, so replay starts there.
+        let mut pending = None;
         if let Some(wal_dir) = &settings.wal_dir {
             std::fs::create_dir_all(wal_dir).map_err(|e| prep(wal_dir, e))?;
-            if let Some(cp) = complete_manifest(wal_dir, &root, settings.store.as_deref())? {
-                tracing::info!(checkpoint = cp, "completed a commit interrupted by a crash");
+            match complete_manifest(wal_dir, &root, settings.store.as_deref()) {
+                Ok(Some(cp)) => {
+                    tracing::info!(checkpoint = cp, "completed a commit interrupted by a crash");
+                }
+                Ok(None) => {}
+                Err(e @ SinkError::Store(_)) => {
+                    let (cp, _) = read_manifest(wal_dir)?.ok_or(e)?;
+                    tracing::error!(checkpoint = cp, "could not finish a commit interrupted by a crash: the object store is not reachable; retried with the next commit");
+                    pending = Some(cp);
+                }
+                Err(e) => return Err(e),
             }
             checkpoint = crate::wal::read_checkpoint(wal_dir).map_err(|e| SinkError::Manifest {
                 path: wal_dir.clone(),
                 reason: e.to_string(),
             })?;
         }
-        let removed = remove_tmp_leftovers(&root).map_err(|e| prep(&root, e))?;
-        if removed > 0 {
-            tracing::warn!(removed, "removed temporary files left by an earlier run");
+        // (With a set pending, its spool files are not leftovers.)
+        if pending.is_none() {
+            let removed = remove_tmp_leftovers(&root).map_err(|e| prep(&root, e))?;
+            if removed > 0 {
+                tracing::warn!(removed, "removed temporary files left by an earlier run");
+            }
         }
         let mut schemas = HashMap::new();
         for k in kinds {
@@ -196,10 +211,10 @@ impl PartitionWriter {
             seq: Sequence::new(),
             stats: SinkStats::default(),
             schemas,
-            next_lsn: checkpoint,
+            next_lsn: checkpoint.max(pending.unwrap_or(0)),
             checkpoint,
-            retry_at: None,
-            want_commit: false,
+            retry_at: pending.map(|_| (Instant::now(), Duration::from_millis(200))),
+            want_commit: pending.is_some(),
             in_group: false,
             root,
             schemas_pending: false,
@@ -251,6 +266,12 @@ impl PartitionWriter {
     /// The durable checkpoint: every WAL record below it is in committed files.
     pub fn checkpoint(&self) -> u64 {
         self.checkpoint
+    }
+
+    /// Where WAL replay starts: the checkpoint, or past it when a commit set whose manifest
+    /// is durable still waits to be published (its files hold the records below).
+    pub fn replay_from(&self) -> u64 {
+        self.next_lsn
     }
 
     /// Records that every WAL record below `next_lsn` has been handed over: a group
@@ -362,6 +383,9 @@ impl PartitionWriter {
             if let Some(cp) =
                 complete_manifest(wal_dir, &self.root, self.settings.store.as_deref())?
             {
+                if cp > self.checkpoint {
+                    tracing::info!(checkpoint = cp, "completed a commit interrupted by a crash");
+                }
                 self.checkpoint = self.checkpoint.max(cp);
             }
         }
@@ -550,30 +574,16 @@ pub fn complete_manifest(
     root: &Path,
     store: Option<&store::ObjectTarget>,
 ) -> Result<Option<u64>, SinkError> {
-    let path = wal_dir.join(MANIFEST);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(SinkError::Manifest {
-                path,
-                reason: e.to_string(),
-            });
-        }
+    let Some((checkpoint, files)) = read_manifest(wal_dir)? else {
+        return Ok(None);
     };
+    let path = wal_dir.join(MANIFEST);
     let bad = |reason: &str| SinkError::Manifest {
         path: path.clone(),
         reason: reason.to_string(),
     };
-    let mut lines = text.lines();
-    let checkpoint = lines
-        .next()
-        .and_then(|l| l.strip_prefix("checkpoint "))
-        .and_then(|n| n.parse::<u64>().ok())
-        .ok_or_else(|| bad("no checkpoint line"))?;
     let mut dirs: Vec<PathBuf> = Vec::new();
-    for line in lines.filter(|l| !l.is_empty()) {
-        let (tmp_rel, fin_rel) = line.split_once('\t').ok_or_else(|| bad("malformed line"))?;
+    for (tmp_rel, fin_rel) in &files {
         let (tmp, fin) = (root.join(tmp_rel), root.join(fin_rel));
         if let Some(s) = store {
             // A spool file that is gone was uploaded before the interruption.
@@ -601,6 +611,40 @@ pub fn complete_manifest(
     }
     finish_manifest(wal_dir, checkpoint)?;
     Ok(Some(checkpoint))
+}
+
+/// A commit manifest: its checkpoint and the (temporary, final) paths of its files, relative
+/// to the root they were written under.
+type Manifest = (u64, Vec<(String, String)>);
+
+fn read_manifest(wal_dir: &Path) -> Result<Option<Manifest>, SinkError> {
+    let path = wal_dir.join(MANIFEST);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(SinkError::Manifest {
+                path,
+                reason: e.to_string(),
+            });
+        }
+    };
+    let bad = |reason: &str| SinkError::Manifest {
+        path: path.clone(),
+        reason: reason.to_string(),
+    };
+    let mut lines = text.lines();
+    let checkpoint = lines
+        .next()
+        .and_then(|l| l.strip_prefix("checkpoint "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .ok_or_else(|| bad("no checkpoint line"))?;
+    let mut files = Vec::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let (tmp, fin) = line.split_once('\t').ok_or_else(|| bad("malformed line"))?;
+        files.push((tmp.to_string(), fin.to_string()));
+    }
+    Ok(Some((checkpoint, files)))
 }
 
 /// `<data>/<table>/date=YYYY-MM-DD/hour=HH`, from the hour's start time. The table name is a

@@ -197,14 +197,23 @@ impl ObjectTarget {
         };
         let record = upload_record(file);
         if let Ok(id) = std::fs::read_to_string(&record) {
-            // Best effort: a completed or already aborted upload answers with an error.
             let id = id.trim().to_string();
-            if let Err(e) = self.run(self.s3.abort_multipart(&key, &id)) {
-                tracing::debug!(key = %key, error = %e, "aborting an earlier upload");
-            } else {
-                tracing::info!(key = %key, "aborted an upload an earlier attempt left unfinished");
+            match self.run(self.s3.abort_multipart(&key, &id)) {
+                Ok(()) => {
+                    tracing::info!(key = %key, "aborted an upload an earlier attempt left unfinished")
+                }
+                // Completed or aborted already.
+                Err(object_store::Error::NotFound { .. }) => {}
+                // The store is not answering: keep the id for the next attempt.
+                Err(source) => {
+                    return Err(StoreError::Upload {
+                        file: file.to_owned(),
+                        key: key.to_string(),
+                        source,
+                    });
+                }
             }
-            let _ = std::fs::remove_file(&record);
+            std::fs::remove_file(&record).map_err(|e| io("removing upload record of", e))?;
         }
         let size = std::fs::metadata(file).map_err(|e| io("reading", e))?.len();
         let upload_err = |source| StoreError::Upload {
