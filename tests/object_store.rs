@@ -342,7 +342,7 @@ fn store_outage_stops_acks_at_the_wal_bound_and_resumes_without_loss() {
     c.wait_processed(first as u64, Duration::from_secs(60));
 
     s3.signal("STOP");
-    let total = 12_000;
+    let total = first + env_or("V2X_S3_MESSAGES", 10_000);
     publish_lines(broker.port, TOPIC, &messages(first..total));
     // Bounded wait until the collector reports both problems.
     let start = Instant::now();
