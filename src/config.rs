@@ -87,6 +87,24 @@ pub struct HttpConfig {
     pub token: Option<String>,
     /// A source that sent nothing for this long is flagged silent.
     pub silent_after_s: f64,
+    /// HTTPS: with a certificate and key the server speaks TLS only.
+    pub tls: HttpTlsConfig,
+}
+
+/// `[http.tls]`: serve HTTPS instead of HTTP (both files, or neither).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpTlsConfig {
+    /// Server certificate chain (PEM), leaf first.
+    pub cert_file: Option<PathBuf>,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1). Never logged.
+    pub key_file: Option<PathBuf>,
+}
+
+impl HttpTlsConfig {
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() || self.key_file.is_some()
+    }
 }
 
 impl Default for HttpConfig {
@@ -96,6 +114,7 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 9180)),
             token: None,
             silent_after_s: 10.0,
+            tls: HttpTlsConfig::default(),
         }
     }
 }
@@ -107,6 +126,7 @@ impl std::fmt::Debug for HttpConfig {
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
             .field("silent_after_s", &self.silent_after_s)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -120,10 +140,11 @@ pub enum Protocol {
     V311,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
-    /// External broker URL, `mqtt://host:port`. Empty: start the embedded broker.
+    /// External broker URL, `mqtt://host:port` or `mqtts://host:port` (TLS, port 8883 by
+    /// default). Empty: start the embedded broker.
     pub broker: Option<String>,
     /// Protocol version towards an external broker. The embedded broker is always spoken to
     /// over 3.1.1 (see README).
@@ -154,9 +175,60 @@ pub struct MqttConfig {
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
     pub username: Option<String>,
-    /// Never logged.
+    /// Never logged. Also from `V2X_MQTT_PASSWORD`.
     #[serde(skip_serializing)]
     pub password: Option<String>,
+    /// TLS towards an `mqtts://` broker.
+    pub tls: MqttTlsConfig,
+}
+
+/// `[mqtt.tls]`: how the collector checks the broker and proves who it is. Server
+/// certificate and host name verification are always on; there is no option to turn them off.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttTlsConfig {
+    /// CA certificates (PEM) that sign the broker's certificate. Unset: the system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM) for mutual TLS; needs `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM). Never logged.
+    pub key_file: Option<PathBuf>,
+    /// The name the broker's certificate must carry, when it differs from the URL's host
+    /// (connecting by IP address, for example). Default: the URL's host.
+    pub server_name: Option<String>,
+}
+
+impl std::fmt::Debug for MqttConfig {
+    // Written by hand so the password can never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MqttConfig")
+            .field("broker", &self.broker)
+            .field("protocol", &self.protocol)
+            .field("client_id", &self.client_id)
+            .field("keep_alive_s", &self.keep_alive_s)
+            .field("session_expiry_s", &self.session_expiry_s)
+            .field("max_packet_bytes", &self.max_packet_bytes)
+            .field("receive_maximum", &self.receive_maximum)
+            .field("subscriptions", &self.subscriptions)
+            .field("shared_group", &self.shared_group)
+            .field("qos", &self.qos)
+            .field("reconnect_min_ms", &self.reconnect_min_ms)
+            .field("reconnect_max_ms", &self.reconnect_max_ms)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+impl MqttTlsConfig {
+    /// Whether anything is configured (so a plaintext URL is a mistake).
+    pub fn any_set(&self) -> bool {
+        self.ca_file.is_some()
+            || self.cert_file.is_some()
+            || self.key_file.is_some()
+            || self.server_name.is_some()
+    }
 }
 
 impl Default for MqttConfig {
@@ -176,6 +248,7 @@ impl Default for MqttConfig {
             reconnect_max_ms: 10_000,
             username: None,
             password: None,
+            tls: MqttTlsConfig::default(),
         }
     }
 }
@@ -513,8 +586,39 @@ impl Config {
                 self.time.min_event_time
             ))
         })?;
-        if let Some(url) = &self.mqtt.broker {
-            parse_broker_url(url)?;
+        match &self.mqtt.broker {
+            Some(url) => {
+                let broker = BrokerUrl::parse(url)?;
+                if !broker.tls && self.mqtt.tls.any_set() {
+                    return Err(ConfigError::Invalid(format!(
+                        "mqtt.tls is set but mqtt.broker {url:?} is plaintext: use mqtts://{}:<port>",
+                        broker.host
+                    )));
+                }
+            }
+            None if self.mqtt.tls.any_set() => {
+                return Err(ConfigError::Invalid(
+                    "mqtt.tls is set but there is no mqtt.broker (the embedded broker is plaintext): set mqtt.broker = \"mqtts://host:port\"".into(),
+                ));
+            }
+            None => {}
+        }
+        if self.mqtt.tls.cert_file.is_some() != self.mqtt.tls.key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "mqtt.tls.cert_file and mqtt.tls.key_file go together: set both for a client certificate, or neither".into(),
+            ));
+        }
+        if self
+            .mqtt
+            .tls
+            .server_name
+            .as_deref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            return Err(ConfigError::Invalid(
+                "mqtt.tls.server_name must not be empty (leave it unset to check the URL's host)"
+                    .into(),
+            ));
         }
         if let Some(group) = &self.mqtt.shared_group
             && !crate::route::is_safe_identifier(group)
@@ -538,6 +642,11 @@ impl Config {
                 }
                 _ => {}
             }
+            if self.http.tls.cert_file.is_some() != self.http.tls.key_file.is_some() {
+                return Err(ConfigError::Invalid(
+                    "http.tls.cert_file and http.tls.key_file go together: set both for HTTPS, or neither".into(),
+                ));
+            }
             if self.http.silent_after_s.is_nan() || self.http.silent_after_s <= 0.0 {
                 return Err(ConfigError::Invalid(
                     "http.silent_after_s must be positive".into(),
@@ -556,21 +665,44 @@ impl Config {
     }
 }
 
-/// Parses `mqtt://host:port` (port defaults to 1883).
+/// A parsed broker URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    pub host: String,
+    pub port: u16,
+    /// `mqtts://` (or `ssl://`): TLS.
+    pub tls: bool,
+}
+
+impl BrokerUrl {
+    /// Parses `mqtt://host[:port]` (port 1883) or `mqtts://host[:port]` (TLS, port 8883).
+    /// `tcp://` and `ssl://` are accepted as their synonyms.
+    pub fn parse(url: &str) -> Result<BrokerUrl, ConfigError> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("ssl://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("mqtt://") {
+            (false, rest)
+        } else if let Some(rest) = url.strip_prefix("tcp://") {
+            (false, rest)
+        } else {
+            return Err(ConfigError::Invalid(format!(
+                "broker URL {url:?} must look like mqtt://host:port or mqtts://host:port"
+            )));
+        };
+        let (host, port) = split_host_port(url, rest, if tls { 8883 } else { 1883 })?;
+        Ok(BrokerUrl { host, port, tls })
+    }
+}
+
+/// Parses `mqtt://host:port` (port defaults to 1883) or `mqtts://host:port` (8883) into host
+/// and port; [`BrokerUrl::parse`] also says whether it is TLS.
 pub fn parse_broker_url(url: &str) -> Result<(String, u16), ConfigError> {
-    let rest = if let Some(rest) = url.strip_prefix("mqtt://") {
-        rest
-    } else if url.starts_with("mqtts://") {
-        return Err(ConfigError::Invalid(
-            "mqtts:// (TLS) is not supported yet; use mqtt://host:port".into(),
-        ));
-    } else if let Some(rest) = url.strip_prefix("tcp://") {
-        rest
-    } else {
-        return Err(ConfigError::Invalid(format!(
-            "broker URL {url:?} must look like mqtt://host:port"
-        )));
-    };
+    BrokerUrl::parse(url).map(|b| (b.host, b.port))
+}
+
+fn split_host_port(url: &str, rest: &str, default_port: u16) -> Result<(String, u16), ConfigError> {
     let rest = rest.trim_end_matches('/');
     let (host, port) = match rest.rsplit_once(':') {
         Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
@@ -579,7 +711,7 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16), ConfigError> {
             })?;
             (host, port)
         }
-        _ => (rest, 1883),
+        _ => (rest, default_port),
     };
     let host = host.trim_start_matches('[').trim_end_matches(']');
     if host.is_empty() {
@@ -644,5 +776,74 @@ mod tests {
         );
         assert!(parse_broker_url("http://x").is_err());
         assert!(parse_broker_url("mqtt://:12").is_err());
+        assert_eq!(
+            BrokerUrl::parse("mqtts://broker.example").unwrap(),
+            BrokerUrl {
+                host: "broker.example".into(),
+                port: 8883,
+                tls: true
+            }
+        );
+        assert_eq!(
+            BrokerUrl::parse("mqtts://[::1]:18883/").unwrap(),
+            BrokerUrl {
+                host: "::1".into(),
+                port: 18883,
+                tls: true
+            }
+        );
+        assert!(!BrokerUrl::parse("mqtt://b:1").unwrap().tls);
+    }
+
+    fn with_broker(url: Option<&str>, tls: &str) -> Result<(), ConfigError> {
+        let broker = url.map(|u| format!("broker = {u:?}\n")).unwrap_or_default();
+        let c: Config = toml::from_str(&format!("[mqtt]\n{broker}[mqtt.tls]\n{tls}")).unwrap();
+        c.validate()
+    }
+
+    #[test]
+    fn tls_settings_need_a_tls_url_and_come_in_pairs() {
+        with_broker(
+            Some("mqtts://b"),
+            "ca_file = 'ca.pem'\ncert_file = 'c.pem'\nkey_file = 'k.pem'\n",
+        )
+        .unwrap();
+        with_broker(Some("mqtts://10.0.0.1"), "server_name = 'broker.example'\n").unwrap();
+        with_broker(Some("mqtt://b"), "").unwrap();
+        let err = with_broker(Some("mqtt://b:1883"), "ca_file = 'ca.pem'\n").unwrap_err();
+        assert!(err.to_string().contains("use mqtts://b:<port>"), "{err}");
+        let err = with_broker(None, "ca_file = 'ca.pem'\n").unwrap_err();
+        assert!(
+            err.to_string().contains("embedded broker is plaintext"),
+            "{err}"
+        );
+        let err = with_broker(Some("mqtts://b"), "cert_file = 'c.pem'\n").unwrap_err();
+        assert!(err.to_string().contains("go together"), "{err}");
+        let err = with_broker(Some("mqtts://b"), "key_file = 'k.pem'\n").unwrap_err();
+        assert!(err.to_string().contains("go together"), "{err}");
+        let err = with_broker(Some("mqtts://b"), "server_name = ' '\n").unwrap_err();
+        assert!(err.to_string().contains("server_name"), "{err}");
+        // There is no switch to turn verification off.
+        assert!(toml::from_str::<Config>("[mqtt.tls]\ninsecure = true\n").is_err());
+    }
+
+    #[test]
+    fn https_needs_both_files_and_secrets_stay_out_of_debug_output() {
+        let c: Config = toml::from_str("[http.tls]\ncert_file = 'c.pem'\n").unwrap();
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("http.tls.key_file")
+        );
+        let c: Config = toml::from_str(
+            "[http]\ntoken = 'secret-token-0123456789'\n[mqtt]\nusername = 'u'\npassword = 'hunter2-password'\n",
+        )
+        .unwrap();
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("secret-token-0123456789"), "{shown}");
+        assert!(!shown.contains("hunter2-password"), "{shown}");
+        let serialized = toml::to_string(&c).unwrap();
+        assert!(!serialized.contains("hunter2-password"), "{serialized}");
     }
 }

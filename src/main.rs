@@ -173,9 +173,14 @@ struct RunArgs {
     /// Write-ahead log directory.
     #[arg(long, env = "V2X_WAL")]
     wal: Option<PathBuf>,
-    /// External broker, mqtt://host:port. Without it the embedded broker starts.
+    /// External broker, mqtt://host:port or mqtts://host:port (TLS: see [mqtt.tls] in the
+    /// config). Without it the embedded broker starts.
     #[arg(long, env = "V2X_BROKER")]
     broker: Option<String>,
+    /// MQTT user name. The password is read from V2X_MQTT_PASSWORD (or mqtt.password), never
+    /// from a flag: command lines are visible to every local user.
+    #[arg(long, env = "V2X_MQTT_USERNAME")]
+    mqtt_username: Option<String>,
     /// Listen address of the embedded broker.
     #[arg(long, env = "V2X_LISTEN")]
     listen: Option<SocketAddr>,
@@ -203,11 +208,31 @@ struct RunArgs {
     store: Option<String>,
 }
 
+/// How `simulate` and `replay` reach an `mqtts://` broker and log in.
+#[derive(Args)]
+struct PublishBrokerArgs {
+    /// CA certificate (PEM) that signs an mqtts:// broker's certificate (default: the system
+    /// roots).
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), for a broker that requires one.
+    #[arg(long, requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, requires = "cert_file")]
+    key_file: Option<PathBuf>,
+    /// MQTT user name; the password is read from V2X_MQTT_PASSWORD.
+    #[arg(long, env = "V2X_MQTT_USERNAME")]
+    username: Option<String>,
+}
+
 #[derive(Args)]
 struct SimulateArgs {
-    /// Broker to publish to.
+    /// Broker to publish to: mqtt://host:port or mqtts://host:port.
     #[arg(long, env = "V2X_BROKER", default_value = "mqtt://127.0.0.1:1883")]
     broker: String,
+    #[command(flatten)]
+    login: PublishBrokerArgs,
     /// Roadside units (each with a radar).
     #[arg(long, default_value_t = 4)]
     rsus: usize,
@@ -244,9 +269,11 @@ struct SimulateArgs {
 
 #[derive(Args)]
 struct ReplayArgs {
-    /// Broker to publish to.
+    /// Broker to publish to: mqtt://host:port or mqtts://host:port.
     #[arg(long, env = "V2X_BROKER", default_value = "mqtt://127.0.0.1:1883")]
     broker: String,
+    #[command(flatten)]
+    login: PublishBrokerArgs,
     /// Topic for payloads that carry none of their own. For V2X-Seq CSV it replaces the
     /// built-in topic; `{source_id}` in it becomes the intersection's source id.
     #[arg(long)]
@@ -372,6 +399,12 @@ fn load_run_config(args: RunArgs) -> anyhow::Result<Config> {
     if let Some(v) = args.broker {
         c.mqtt.broker = Some(v);
     }
+    if let Some(v) = args.mqtt_username {
+        c.mqtt.username = Some(v);
+    }
+    if let Ok(v) = std::env::var("V2X_MQTT_PASSWORD") {
+        c.mqtt.password = Some(v);
+    }
     if let Some(v) = args.listen {
         c.embedded.listen = v;
     }
@@ -444,11 +477,54 @@ fn run(args: RunArgs) -> ExitCode {
     }
 }
 
+/// The publishing connection of `simulate` and `replay`: exit 2 for a bad URL or TLS file.
+fn publish_settings(
+    broker: &str,
+    login: PublishBrokerArgs,
+    qos: u8,
+    client_id: String,
+) -> Result<v2x_collector::sim::replay::PublishSettings, (u8, anyhow::Error)> {
+    use v2x_collector::config::{BrokerUrl, MqttTlsConfig};
+    let url = BrokerUrl::parse(broker).map_err(|e| (2, e.into()))?;
+    let files = MqttTlsConfig {
+        ca_file: login.ca_file,
+        cert_file: login.cert_file,
+        key_file: login.key_file,
+        server_name: None,
+    };
+    let tls = if url.tls {
+        let tls = v2x_collector::source::tls::client_tls(&files, &url.host);
+        Some(tls.map_err(|e| (2, e.into()))?)
+    } else if files.any_set() {
+        return Err((
+            2,
+            anyhow::anyhow!(
+                "--ca-file, --cert-file and --key-file are for TLS: use --broker mqtts://{}:<port>",
+                url.host
+            ),
+        ));
+    } else {
+        None
+    };
+    Ok(v2x_collector::sim::replay::PublishSettings {
+        host: url.host,
+        port: url.port,
+        qos,
+        client_id,
+        tls,
+        username: login.username,
+        password: std::env::var("V2X_MQTT_PASSWORD").ok(),
+    })
+}
+
 fn simulate(args: SimulateArgs) -> Result<(), (u8, anyhow::Error)> {
-    use v2x_collector::sim::replay::PublishSettings;
     use v2x_collector::sim::simulate::{self, SimulateSettings};
-    let (host, port) =
-        v2x_collector::config::parse_broker_url(&args.broker).map_err(|e| (2, e.into()))?;
+    let publish = publish_settings(
+        &args.broker,
+        args.login,
+        args.qos,
+        format!("v2x-simulate-{}", std::process::id()),
+    )?;
     if args.hz <= 0.0 || !args.hz.is_finite() {
         return Err((2, anyhow::anyhow!("--hz must be positive")));
     }
@@ -475,12 +551,7 @@ fn simulate(args: SimulateArgs) -> Result<(), (u8, anyhow::Error)> {
         },
     };
     let settings = SimulateSettings {
-        publish: PublishSettings {
-            host,
-            port,
-            qos: args.qos,
-            client_id: format!("v2x-simulate-{}", std::process::id()),
-        },
+        publish,
         connections: args.connections,
         rsus: args.rsus,
         vehicles: args.vehicles,
@@ -507,10 +578,15 @@ fn simulate(args: SimulateArgs) -> Result<(), (u8, anyhow::Error)> {
 }
 
 fn replay(args: ReplayArgs) -> Result<(), (u8, anyhow::Error)> {
-    use v2x_collector::sim::replay::{self, Pace, PublishSettings};
+    use v2x_collector::sim::replay::{self, Pace};
     let usage = |e: anyhow::Error| (2u8, e);
-    let (host, port) =
-        v2x_collector::config::parse_broker_url(&args.broker).map_err(|e| usage(e.into()))?;
+    let settings = publish_settings(
+        &args.broker,
+        args.login,
+        args.qos,
+        args.client_id
+            .unwrap_or_else(|| format!("v2x-replay-{}", std::process::id())),
+    )?;
     let mut items = Vec::new();
     for f in &args.files {
         items.extend(replay::read_file(f, args.topic.as_deref()).map_err(|e| usage(e.into()))?);
@@ -519,14 +595,6 @@ fn replay(args: ReplayArgs) -> Result<(), (u8, anyhow::Error)> {
         (true, _) => Pace::RealTime,
         (false, Some(r)) => Pace::Rate(r),
         (false, None) => Pace::AsFastAsPossible,
-    };
-    let settings = PublishSettings {
-        host,
-        port,
-        qos: args.qos,
-        client_id: args
-            .client_id
-            .unwrap_or_else(|| format!("v2x-replay-{}", std::process::id())),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

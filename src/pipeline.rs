@@ -127,6 +127,9 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<Summary, RunError> {
     config.validate()?;
+    // TLS files are read now, so a bad one is a configuration error before anything starts.
+    let mqtt_tls = crate::source::tls::for_config(&config.mqtt).map_err(ConfigError::from)?;
+    let http_tls = crate::http::tls::server_config(&config.http.tls).map_err(ConfigError::from)?;
     // Before any metric handle exists (the decoder registers its counters when built).
     let prometheus = config.http.enabled.then(crate::http::prometheus);
     let mut decoder = build_decoder(&config)?;
@@ -229,9 +232,11 @@ pub async fn run(
         reconnect_max: Duration::from_millis(config.mqtt.reconnect_max_ms.max(1)),
         username: config.mqtt.username.clone(),
         password: config.mqtt.password.clone(),
+        tls: mqtt_tls,
     };
     tracing::info!(
         broker = %format!("{}:{}", source_settings.host, source_settings.port),
+        tls = source_settings.tls.is_some(),
         protocol = ?source_settings.protocol,
         client_id = %source_settings.client_id,
         data = %config.data_dir.display(),
@@ -258,7 +263,13 @@ pub async fn run(
                 prometheus,
             });
             let token = config.http.token.clone();
-            match crate::http::Server::start(config.http.listen, token, Arc::new(shared)).await {
+            let server = crate::http::Server::start_with_tls(
+                config.http.listen,
+                token,
+                http_tls,
+                Arc::new(shared),
+            );
+            match server.await {
                 Ok(server) => Some(server),
                 Err(e) => {
                     source.shutdown().await;

@@ -172,6 +172,12 @@ fn readme_documents_every_config_key() {
         "store.region",
         "store.access_key_id",
         "store.secret_access_key",
+        "mqtt.tls.ca_file",
+        "mqtt.tls.cert_file",
+        "mqtt.tls.key_file",
+        "mqtt.tls.server_name",
+        "http.tls.cert_file",
+        "http.tls.key_file",
     ] {
         if !readme.contains(&format!("`{name}`")) {
             missing.push(name.to_string());
@@ -196,7 +202,10 @@ fn deploy_configurations_are_valid() {
     let compose = root.join("deploy/compose/collector.toml");
     let c = v2x_collector::config::Config::load(Some(&compose)).unwrap();
     c.validate().unwrap();
-    assert!(c.store.url.is_some(), "the compose stack writes to its S3 store");
+    assert!(
+        c.store.url.is_some(),
+        "the compose stack writes to its S3 store"
+    );
 
     let yaml = std::fs::read_to_string(root.join("deploy/k8s/configmap.yaml")).unwrap();
     let toml: String = yaml
@@ -206,10 +215,16 @@ fn deploy_configurations_are_valid() {
         .take_while(|l| l.is_empty() || l.starts_with("    "))
         .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
         .collect();
-    assert!(toml.contains("[mqtt]"), "no collector.toml in the ConfigMap");
+    assert!(
+        toml.contains("[mqtt]"),
+        "no collector.toml in the ConfigMap"
+    );
     let c: v2x_collector::config::Config = toml::from_str(&toml).unwrap();
     c.validate().unwrap();
-    assert!(c.mqtt.shared_group.is_some(), "replicas share the subscription");
+    assert!(
+        c.mqtt.shared_group.is_some(),
+        "replicas share the subscription"
+    );
 }
 
 #[test]

@@ -1,4 +1,5 @@
 //! The HTTP server: the bearer token, readiness, and a source going silent in `/api/status`.
+//! HTTPS (`[http.tls]`) is tested in `tls.rs`, beside the broker TLS matrix.
 
 mod common;
 
@@ -65,11 +66,11 @@ fn off_loopback_without_a_token_is_a_configuration_error() {
 }
 
 #[test]
-fn the_token_guards_data_routes_but_not_liveness() {
+fn the_token_guards_data_routes_but_not_the_probes() {
     let (_broker, _ws, mut c) = with_token();
     let addr = c.http_addr();
 
-    for path in ["/api/status", "/metrics", "/readyz"] {
+    for path in ["/api/status", "/metrics", "/api/datasets"] {
         let (code, _) = http_get(addr, path, None).unwrap();
         assert_eq!(code, 401, "{path} without a token");
         let (code, _) = http_get(addr, path, Some("test-token-0123456789abcdeX")).unwrap();
@@ -79,8 +80,11 @@ fn the_token_guards_data_routes_but_not_liveness() {
         let (code, body) = http_get(addr, path, Some(TOKEN)).unwrap();
         assert_eq!(code, 200, "{path} with the token: {body}");
     }
+    // The probes need no token (Kubernetes cannot send one) and say nothing more than this.
     let (code, body) = http_get(addr, "/healthz", None).unwrap();
     assert_eq!((code, body.trim()), (200, "ok"));
+    let (code, body) = http_get(addr, "/readyz", None).unwrap();
+    assert_eq!((code, body.trim()), (200, "ready"));
     let (code, page) = http_get(addr, "/", None).unwrap();
     assert_eq!(code, 200);
     assert!(page.contains("<html"), "the dashboard page");
@@ -88,7 +92,7 @@ fn the_token_guards_data_routes_but_not_liveness() {
     assert_eq!(code, 404);
 
     let ready = http_get(addr, "/readyz", Some(TOKEN)).unwrap().1;
-    assert_eq!(ready.trim(), "ready");
+    assert_eq!(ready.trim(), "ready", "a token does not change the answer");
     assert!(c.stop().success());
     assert!(
         !c.log_text().contains(TOKEN),

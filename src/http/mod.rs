@@ -2,12 +2,15 @@
 //! dashboard at `/`.
 //!
 //! Loopback by default. On any other address a bearer token is mandatory (config validation
-//! refuses to start without one) and every route except `/healthz` and the static page at `/`
-//! needs it; the page itself holds no data and sends the token it finds in its URL fragment
-//! (`/#token=...`) with each request. Tokens are compared in constant time and never logged.
+//! refuses to start without one) and every route except the probes (`/healthz`, `/readyz`,
+//! which Kubernetes calls without secrets and which say nothing beyond ready or not and why)
+//! and the static page at `/` needs it; the page itself holds no data and sends the token it
+//! finds in its URL fragment (`/#token=...`) with each request. Tokens are compared in
+//! constant time and never logged. With `[http.tls]` the server speaks HTTPS only.
 
 mod pull;
 mod state;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -70,10 +73,20 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `addr` and serves until [`Server::shutdown`].
+    /// Binds `addr` and serves plain HTTP until [`Server::shutdown`].
     pub async fn start(
         addr: SocketAddr,
         token: Option<String>,
+        shared: Arc<Shared>,
+    ) -> Result<Server, HttpError> {
+        Server::start_with_tls(addr, token, None, shared).await
+    }
+
+    /// Binds `addr` and serves HTTPS with `tls` (HTTP when `None`) until [`Server::shutdown`].
+    pub async fn start_with_tls(
+        addr: SocketAddr,
+        token: Option<String>,
+        tls: Option<Arc<rustls::ServerConfig>>,
         shared: Arc<Shared>,
     ) -> Result<Server, HttpError> {
         let listener = tokio::net::TcpListener::bind(addr)
@@ -82,21 +95,31 @@ impl Server {
         let local = listener
             .local_addr()
             .map_err(|source| HttpError::Bind { addr, source })?;
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let listener = match tls {
+            Some(config) => Listening::Https(
+                tls::TlsListener::new(listener, config)
+                    .map_err(|source| HttpError::Bind { addr, source })?,
+            ),
+            None => Listening::Http(listener),
+        };
         let app = router(shared.clone(), token.map(Arc::from));
         let (stop, mut stopped) = tokio::sync::watch::channel(false);
         let sampler = tokio::spawn(sample_every_second(shared, stopped.clone()));
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
         let task = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                })
-                .await;
+            let served = match listener {
+                Listening::Https(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
+                Listening::Http(l) => axum::serve(l, app).with_graceful_shutdown(shutdown).await,
+            };
             if let Err(e) = served {
                 tracing::error!(error = %e, "HTTP server failed");
             }
             sampler.abort();
         });
-        tracing::info!(addr = %local, "http listening");
+        tracing::info!(addr = %local, scheme, "http listening");
         Ok(Server {
             addr: local,
             stop,
@@ -108,6 +131,11 @@ impl Server {
         let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
     }
+}
+
+enum Listening {
+    Http(tokio::net::TcpListener),
+    Https(tls::TlsListener),
 }
 
 async fn sample_every_second(shared: Arc<Shared>, mut stopped: tokio::sync::watch::Receiver<bool>) {
@@ -137,7 +165,6 @@ fn router(shared: Arc<Shared>, token: Option<Arc<str>>) -> Router {
     };
     let protected = Router::new()
         .route("/metrics", get(metrics))
-        .route("/readyz", get(readyz))
         .route("/api/status", get(status))
         .route("/api/datasets", get(pull::datasets))
         .route("/api/export", get(pull::export))
@@ -145,6 +172,7 @@ fn router(shared: Arc<Shared>, token: Option<Arc<str>>) -> Router {
     Router::new()
         .route("/", get(dashboard))
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .merge(protected)
         .layer(middleware::from_fn(common_headers))
         .with_state(app)
@@ -209,6 +237,8 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// Unauthenticated (probes cannot send a secret): the body names only fixed conditions
+/// (`not connected to the broker`, `data disk full`, ...), never paths, hosts or counts.
 async fn readyz(State(app): State<App>) -> Response {
     let problems = app.shared.not_ready();
     if problems.is_empty() {

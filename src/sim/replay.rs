@@ -153,12 +153,32 @@ fn payload_time_ms(v: &Value) -> Option<i64> {
 }
 
 /// Connection settings for publishing.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PublishSettings {
     pub host: String,
     pub port: u16,
     pub qos: u8,
     pub client_id: String,
+    /// `mqtts://`: the TLS configuration. `None`: plaintext.
+    pub tls: Option<crate::source::tls::ClientTls>,
+    pub username: Option<String>,
+    /// Never logged.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for PublishSettings {
+    // Written by hand so the password can never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("qos", &self.qos)
+            .field("client_id", &self.client_id)
+            .field("tls", &self.tls)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// One MQTT connection for publishing; its event loop runs on its own task, so waiting on the
@@ -178,21 +198,42 @@ impl Publisher {
         let mut opts = MqttOptions::new(s.client_id.clone(), s.host.clone(), s.port);
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(64 * 1024 * 1024, 64 * 1024 * 1024);
+        if let Some(u) = &s.username {
+            opts.set_credentials(u.clone(), s.password.clone().unwrap_or_default());
+        }
+        if let Some(t) = &s.tls {
+            opts.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(t.config.clone()),
+            ));
+        }
+        let tls = s.tls.clone();
         let (client, mut el) = AsyncClient::new(opts, 1024);
         let (ack_tx, acked) = tokio::sync::watch::channel(0u64);
         let (err_tx, error) = tokio::sync::watch::channel(None::<String>);
         let poller = tokio::spawn(async move {
+            use crate::source::tls::{Attempt, cause_v4, explain};
             let mut n = 0u64;
+            let mut connected = false;
             loop {
                 match el.poll().await {
                     Ok(Event::Incoming(Packet::PubAck(_))) => {
                         n += 1;
                         let _ = ack_tx.send(n);
                     }
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => connected = true,
                     Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
                     Ok(_) => {}
                     Err(e) => {
-                        let _ = err_tx.send(Some(e.to_string()));
+                        let attempt = Attempt {
+                            tls: tls.as_ref(),
+                            connected,
+                        };
+                        let msg = match explain(&cause_v4(&e), attempt) {
+                            Some(why) => format!("{why} ({e})"),
+                            None => e.to_string(),
+                        };
+                        connected = false;
+                        let _ = err_tx.send(Some(msg));
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }
                 }

@@ -176,7 +176,10 @@ impl PartitionWriter {
                 Ok(None) => {}
                 Err(e @ SinkError::Store(_)) => {
                     let (cp, _) = read_manifest(wal_dir)?.ok_or(e)?;
-                    tracing::error!(checkpoint = cp, "could not finish a commit interrupted by a crash: the object store is not reachable; retried with the next commit");
+                    tracing::error!(
+                        checkpoint = cp,
+                        "could not finish a commit interrupted by a crash: the object store is not reachable; retried with the next commit"
+                    );
                     pending = Some(cp);
                 }
                 Err(e) => return Err(e),

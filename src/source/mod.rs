@@ -6,6 +6,7 @@
 
 pub mod embedded;
 pub mod mqtt;
+pub mod tls;
 
 use bytes::Bytes;
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::tls::{self, Cause, ClientTls};
 use super::{AckSender, AckToken, Message, now_us};
 use crate::config::Protocol;
 
@@ -33,6 +34,8 @@ pub struct SourceSettings {
     pub reconnect_max: Duration,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// `mqtts://`: the TLS configuration. `None`: plaintext.
+    pub tls: Option<ClientTls>,
 }
 
 impl std::fmt::Debug for SourceSettings {
@@ -46,6 +49,7 @@ impl std::fmt::Debug for SourceSettings {
             .field("filters", &self.filters)
             .field("username", &self.username)
             .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -142,11 +146,34 @@ fn on_connect(state: &SourceState, session_present: bool) -> u64 {
     epoch
 }
 
-fn on_disconnect(state: &SourceState, error: &dyn std::fmt::Display, retry: Duration) {
+/// Logs a failed connection. Failures a retry will not cure by itself (certificates, TLS on
+/// a plaintext port, refused credentials) are logged as errors on every attempt, with a
+/// `reason` that says what to change; the loop keeps retrying with backoff (the broker's
+/// certificate may be renewed, or the CA fixed, without restarting the collector) and
+/// readiness stays false meanwhile.
+fn on_disconnect(
+    state: &SourceState,
+    error: &dyn std::fmt::Display,
+    cause: Cause<'_>,
+    tls: Option<&ClientTls>,
+    retry: Duration,
+) {
     let was = state.connected.swap(false, Ordering::SeqCst);
     state.subscribed.store(false, Ordering::SeqCst);
     metrics::gauge!("v2x_source_connected").set(0.0);
-    if was {
+    let attempt = tls::Attempt {
+        tls,
+        connected: was,
+    };
+    if let Some(reason) = tls::explain(&cause, attempt) {
+        metrics::counter!("v2x_source_connect_errors_total").increment(1);
+        tracing::error!(
+            %reason,
+            %error,
+            retry_in_ms = retry.as_millis() as u64,
+            "cannot connect to the MQTT broker"
+        );
+    } else if was {
         tracing::warn!(%error, retry_in_ms = retry.as_millis() as u64, "MQTT connection lost");
     } else {
         tracing::debug!(%error, retry_in_ms = retry.as_millis() as u64, "MQTT connect failed");
@@ -186,7 +213,7 @@ fn on_publish(
 }
 
 macro_rules! client_impl {
-    ($modname:ident, $root:path, $packet:path, $qos:path, $new_ack:expr, $filter_new:expr, $options:expr, $suback_ok:expr) => {
+    ($modname:ident, $root:path, $packet:path, $qos:path, $new_ack:expr, $filter_new:expr, $options:expr, $suback_ok:expr, $cause:path) => {
         mod $modname {
             use super::*;
             use $root as r;
@@ -257,7 +284,7 @@ macro_rules! client_impl {
                                 }
                                 Ok(_) => {}
                                 Err(e) => {
-                                    on_disconnect(&state, &e, backoff);
+                                    on_disconnect(&state, &e, $cause(&e), s.tls.as_ref(), backoff);
                                     tokio::select! {
                                         _ = stop.changed() => break,
                                         _ = tokio::time::sleep(backoff) => {}
@@ -330,12 +357,18 @@ client_impl!(
         } else if let Some(u) = &s.username {
             o.set_credentials(u.clone(), "");
         }
+        if let Some(t) = &s.tls {
+            o.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(t.config.clone()),
+            ));
+        }
         o
     },
     |sa: &rumqttc::SubAck| sa
         .return_codes
         .iter()
-        .all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure))
+        .all(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure)),
+    tls::cause_v4
 );
 
 client_impl!(
@@ -365,10 +398,16 @@ client_impl!(
         if let Some(u) = &s.username {
             o.set_credentials(u.clone(), s.password.clone().unwrap_or_default());
         }
+        if let Some(t) = &s.tls {
+            o.set_transport(rumqttc::Transport::tls_with_config(
+                rumqttc::TlsConfiguration::Rustls(t.config.clone()),
+            ));
+        }
         o
     },
     |sa: &rumqttc::v5::mqttbytes::v5::SubAck| sa.return_codes.iter().all(|c| matches!(
         c,
         rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
-    ))
+    )),
+    tls::cause_v5
 );

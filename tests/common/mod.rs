@@ -200,6 +200,18 @@ impl Workspace {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Collector {
+        let c = self.spawn_with_env(extra_config, args, env);
+        c.wait_log("subscriptions acknowledged", Duration::from_secs(30));
+        c
+    }
+
+    /// Starts the collector without waiting for anything (for runs that must not connect).
+    pub fn spawn_with_env(
+        &self,
+        extra_config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Collector {
         let config = self.config(extra_config);
         let log = self.dir.path().join(format!(
             "collector-{}.log",
@@ -221,13 +233,11 @@ impl Workspace {
             .stderr(File::create(&log).unwrap())
             .spawn()
             .unwrap();
-        let c = Collector {
+        Collector {
             child: Some(child),
             log,
             data: self.data(),
-        };
-        c.wait_log("subscriptions acknowledged", Duration::from_secs(30));
-        c
+        }
     }
 }
 
