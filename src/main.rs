@@ -151,7 +151,8 @@ struct QueryArgs {
 
 #[derive(Args)]
 struct TopArgs {
-    /// The collector's HTTP address.
+    /// The collector's HTTP address, host:port; https://host:port when it serves HTTPS
+    /// ([http.tls]).
     #[arg(long, env = "V2X_HTTP", default_value = "127.0.0.1:9180")]
     http: String,
     /// Bearer token, when the collector requires one.
@@ -160,6 +161,10 @@ struct TopArgs {
     /// Print one plain frame and exit (for scripts).
     #[arg(long)]
     once: bool,
+    /// CA certificate (PEM) that signs an https:// collector's certificate (default: the
+    /// system roots). The host name is always checked.
+    #[arg(long)]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -354,7 +359,12 @@ fn main() -> ExitCode {
             }
         },
         Command::Top(args) => {
-            match v2x_collector::top::run(&args.http, args.token.as_deref(), args.once) {
+            match v2x_collector::top::run(
+                &args.http,
+                args.token.as_deref(),
+                args.once,
+                args.ca_file.as_deref(),
+            ) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("error: {e}");

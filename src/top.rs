@@ -12,6 +12,8 @@
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
@@ -28,8 +30,10 @@ const RECENT_EXAMPLES: usize = 3;
 /// Why `top` could not show the collector's status.
 #[derive(Debug, thiserror::Error)]
 pub enum TopError {
-    #[error("{0:?} is not a host:port address (example: 127.0.0.1:9180)")]
+    #[error("{0:?} is not a host:port address (example: 127.0.0.1:9180, or https://host:9180)")]
     BadAddress(String),
+    #[error("HTTPS to the collector: {0}")]
+    Tls(String),
     #[error(
         "cannot reach the collector at {addr}: {source} (is `v2x-collector run` up, and is --http its HTTP address?)"
     )]
@@ -175,8 +179,13 @@ pub struct DiskStatus {
 /// Shows the collector at `addr` (`host:port`, an `http://` prefix is accepted). `once`
 /// prints one plain frame and returns; otherwise redraws every second until Ctrl-C, showing
 /// connection failures on screen and retrying. A refused token ends both modes.
-pub fn run(addr: &str, token: Option<&str>, once: bool) -> Result<(), TopError> {
-    let addr = normalize_addr(addr)?;
+pub fn run(
+    addr: &str,
+    token: Option<&str>,
+    once: bool,
+    ca_file: Option<&Path>,
+) -> Result<(), TopError> {
+    let addr = Target::new(addr, ca_file)?;
     if once {
         let status = fetch_status(&addr, token)?;
         let frame = render(&status, &View::plain());
@@ -233,18 +242,76 @@ fn terminal_rows() -> Option<usize> {
     (rc == 0 && size.ws_row > 0).then_some(usize::from(size.ws_row))
 }
 
-fn normalize_addr(addr: &str) -> Result<String, TopError> {
+/// Splits `[http://|https://]host:port[/]` into whether it is HTTPS and `host:port`.
+fn normalize_addr(addr: &str) -> Result<(bool, String), TopError> {
     let a = addr.trim();
-    let a = a.strip_prefix("http://").unwrap_or(a).trim_end_matches('/');
+    let (https, a) = match a.strip_prefix("https://") {
+        Some(rest) => (true, rest),
+        None => (false, a.strip_prefix("http://").unwrap_or(a)),
+    };
+    let a = a.trim_end_matches('/');
     if a.is_empty() || a.contains('/') || !a.contains(':') {
         return Err(TopError::BadAddress(addr.to_string()));
     }
-    Ok(a.to_string())
+    Ok((https, a.to_string()))
+}
+
+/// Where the collector's HTTP server is, and how to speak to it.
+pub struct Target {
+    /// `host:port`, also the name used in messages.
+    addr: String,
+    /// HTTPS: the client configuration and the name the certificate must carry.
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        write!(f, "{scheme}://{}", self.addr)
+    }
+}
+
+impl Target {
+    /// `addr` as `normalize_addr` takes it; `https://` verifies the server's certificate
+    /// against `ca_file` (PEM) or the system roots, with the host name checked.
+    pub fn new(addr: &str, ca_file: Option<&Path>) -> Result<Target, TopError> {
+        let (https, addr) = normalize_addr(addr)?;
+        if !https {
+            if ca_file.is_some() {
+                return Err(TopError::Tls(
+                    "--ca-file is for an https:// address".to_string(),
+                ));
+            }
+            return Ok(Target { addr, tls: None });
+        }
+        let host = addr
+            .rsplit_once(':')
+            .map_or(addr.as_str(), |(h, _)| h)
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let settings = crate::config::MqttTlsConfig {
+            ca_file: ca_file.map(Path::to_path_buf),
+            ..Default::default()
+        };
+        let client = crate::source::tls::client_tls(&settings, &host)
+            .map_err(|e| TopError::Tls(e.to_string().replace("mqtt.tls.ca_file", "--ca-file")))?;
+        let name = rustls::pki_types::ServerName::try_from(host)
+            .map_err(|e| TopError::Tls(e.to_string()))?;
+        Ok(Target {
+            addr,
+            tls: Some((client.config, name)),
+        })
+    }
 }
 
 /// One `GET /api/status`, decoded.
-pub fn fetch_status(addr: &str, token: Option<&str>) -> Result<Status, TopError> {
-    let raw = get(addr, "/api/status", token).map_err(|source| TopError::Connect {
+pub fn fetch_status(target: &Target, token: Option<&str>) -> Result<Status, TopError> {
+    let addr = &target.to_string();
+    let raw = get(target, "/api/status", token).map_err(|source| TopError::Connect {
         addr: addr.to_string(),
         source,
     })?;
@@ -273,7 +340,8 @@ pub fn fetch_status(addr: &str, token: Option<&str>) -> Result<Status, TopError>
     }
 }
 
-fn get(addr: &str, path: &str, token: Option<&str>) -> std::io::Result<Vec<u8>> {
+fn get(target: &Target, path: &str, token: Option<&str>) -> std::io::Result<Vec<u8>> {
+    let addr = target.addr.as_str();
     let mut last = None;
     let mut stream = None;
     for a in addr.to_socket_addrs()? {
@@ -285,7 +353,7 @@ fn get(addr: &str, path: &str, token: Option<&str>) -> std::io::Result<Vec<u8>> 
             Err(e) => last = Some(e),
         }
     }
-    let mut s = stream.ok_or_else(|| {
+    let s = stream.ok_or_else(|| {
         last.unwrap_or_else(|| std::io::Error::other("the name resolved to no address"))
     })?;
     s.set_read_timeout(Some(READ_TIMEOUT))?;
@@ -293,13 +361,31 @@ fn get(addr: &str, path: &str, token: Option<&str>) -> std::io::Result<Vec<u8>> 
     let auth = token
         .map(|t| format!("Authorization: Bearer {t}\r\n"))
         .unwrap_or_default();
-    write!(
-        s,
+    let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n{auth}Connection: close\r\n\r\n"
-    )?;
+    );
+    match &target.tls {
+        None => exchange(s, &request),
+        Some((config, name)) => {
+            let conn = rustls::ClientConnection::new(config.clone(), name.clone())
+                .map_err(std::io::Error::other)?;
+            exchange(rustls::StreamOwned::new(conn, s), &request)
+        }
+    }
+}
+
+/// Sends `request` and reads the response until the server closes the connection.
+fn exchange(mut s: impl Read + Write, request: &str) -> std::io::Result<Vec<u8>> {
+    s.write_all(request.as_bytes())?;
+    s.flush()?;
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    Ok(raw)
+    match s.read_to_end(&mut raw) {
+        Ok(_) => Ok(raw),
+        // A TLS server that closes without close_notify has still sent the whole response
+        // (Connection: close); a cut body fails the HTTP parsing instead.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => Ok(raw),
+        Err(e) => Err(e),
+    }
 }
 
 /// Splits an HTTP/1.1 response into its status code and body (de-chunked).
@@ -954,10 +1040,17 @@ mod tests {
 
     #[test]
     fn addresses() {
-        assert_eq!(normalize_addr("127.0.0.1:9180").unwrap(), "127.0.0.1:9180");
+        assert_eq!(
+            normalize_addr("127.0.0.1:9180").unwrap(),
+            (false, "127.0.0.1:9180".to_string())
+        );
+        assert_eq!(
+            normalize_addr("https://edge:9180/").unwrap(),
+            (true, "edge:9180".to_string())
+        );
         assert_eq!(
             normalize_addr("http://localhost:9180/").unwrap(),
-            "localhost:9180"
+            (false, "localhost:9180".to_string())
         );
         assert!(normalize_addr("localhost").is_err());
         assert!(normalize_addr("http://h:1/api").is_err());
@@ -972,7 +1065,7 @@ mod tests {
             .unwrap()
             .port();
         let addr = format!("127.0.0.1:{port}");
-        let err = fetch_status(&addr, None).unwrap_err();
+        let err = fetch_status(&Target::new(&addr, None).unwrap(), None).unwrap_err();
         assert!(matches!(err, TopError::Connect { .. }), "{err}");
         assert!(err.to_string().contains(&addr), "{err}");
     }

@@ -120,20 +120,6 @@ fn radar_published() -> (usize, f64, i64, i64, i64) {
 
 // ---- The Python side ----------------------------------------------------------------------
 
-fn run(cmd: &mut Command, what: &str) -> std::process::Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{what}: could not start {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {cmd:?}\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
 /// The venv's Python with pyarrow and DuckDB (and Polars when it installs), made once and kept
 /// in `<target>/interop-venv`.
 fn python() -> PathBuf {
@@ -154,7 +140,7 @@ fn interop(data: &Path, exports: &[PathBuf]) -> Value {
     for e in exports {
         cmd.arg("--export").arg(e);
     }
-    let out = run(&mut cmd, "tools/interop.py");
+    let out = run_ok(&mut cmd, "tools/interop.py");
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(
             "tools/interop.py printed no JSON ({e}):\n{}",
@@ -166,7 +152,7 @@ fn interop(data: &Path, exports: &[PathBuf]) -> Value {
 // ---- v2x-collector query ------------------------------------------------------------------
 
 fn query_json(data: &Path, sql: &str) -> Vec<Value> {
-    let out = run(
+    let out = run_ok(
         bin()
             .arg("query")
             .arg("--data")
@@ -454,7 +440,7 @@ fn pyarrow_duckdb_and_polars_read_the_tree_and_the_exports() {
     // The window, through `query --out` and (once it exists) `export` in each format.
     let window = format!("event_ts >= TIMESTAMP '{FROM}' and event_ts < TIMESTAMP '{TO}'");
     let query_out = ws.path().join("query-window.parquet");
-    run(
+    run_ok(
         bin().arg("query").arg("--data").arg(&data).args([
             "--format",
             "parquet",
@@ -470,7 +456,7 @@ fn pyarrow_duckdb_and_polars_read_the_tree_and_the_exports() {
     let one_source = ws.path().join("export-car-1.parquet");
     if has_export {
         for ext in ["parquet", "csv", "ndjson"] {
-            run(
+            run_ok(
                 bin()
                     .arg("export")
                     .arg("--data")
@@ -481,7 +467,7 @@ fn pyarrow_duckdb_and_polars_read_the_tree_and_the_exports() {
             );
             exports.push(export_file(ext));
         }
-        run(
+        run_ok(
             bin()
                 .arg("export")
                 .arg("--data")

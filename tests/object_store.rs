@@ -180,6 +180,19 @@ fn spool_files(ws: &Workspace) -> Vec<PathBuf> {
     all_files(&ws.path().join("wal/spool"))
 }
 
+/// Nothing is left in the spool, and the bucket holds BSMs `m0..m{n}` exactly once in a clean
+/// dataset layout.
+fn assert_store_holds_exactly(s3: &S3Server, ws: &Workspace, n: usize) {
+    assert_eq!(spool_files(ws), Vec::<PathBuf>::new(), "files left spooled");
+    let mirror = tempfile::tempdir().unwrap();
+    s3.mirror(mirror.path());
+    assert_eq!(
+        assert_exactly_once(mirror.path(), n),
+        (0, 0),
+        "(missing, duplicated)"
+    );
+}
+
 #[test]
 fn files_round_trip_through_s3_with_multipart() {
     let s3 = S3Server::start();
@@ -308,19 +321,7 @@ fn crash_mid_multipart_leaves_nothing_visible_and_restart_finishes_the_set() {
     // (Requests that timed out while moto was stopped may run when it resumes, so which
     // abort did the work is not fixed; that it was done is.)
     assert_eq!(s3.open_uploads(), 0, "the cut upload was not aborted");
-    assert_eq!(
-        spool_files(&ws),
-        Vec::<PathBuf>::new(),
-        "files left spooled"
-    );
-    let mirror = tempfile::tempdir().unwrap();
-    s3.mirror(mirror.path());
-    assert_dataset_is_clean(mirror.path());
-    assert_eq!(
-        assert_exactly_once(mirror.path(), n),
-        (0, 0),
-        "(missing, duplicated)"
-    );
+    assert_store_holds_exactly(&s3, &ws, n);
 }
 
 #[test]
@@ -374,17 +375,5 @@ fn store_outage_stops_acks_at_the_wal_bound_and_resumes_without_loss() {
     s3.signal("CONT");
     c.wait_processed(total as u64, Duration::from_secs(180));
     assert!(c.stop().success(), "{}", c.log_text());
-    assert_eq!(
-        spool_files(&ws),
-        Vec::<PathBuf>::new(),
-        "files left spooled"
-    );
-    let mirror = tempfile::tempdir().unwrap();
-    s3.mirror(mirror.path());
-    assert_dataset_is_clean(mirror.path());
-    assert_eq!(
-        assert_exactly_once(mirror.path(), total),
-        (0, 0),
-        "(missing, duplicated)"
-    );
+    assert_store_holds_exactly(&s3, &ws, total);
 }

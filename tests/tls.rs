@@ -470,6 +470,25 @@ fn https_serves_probes_and_data_with_the_token_and_refuses_plain_http() {
     );
     let (code, body) = https_get(&pki, addr, "/api/status", Some(TOKEN)).unwrap();
     assert_eq!(code, 200, "{body}");
+    // `top` reads it over HTTPS with the CA, and refuses a server it cannot verify.
+    let url = format!("https://{addr}");
+    let top = |ca: &str| {
+        bin()
+            .args(["top", "--once", "--http", &url, "--ca-file"])
+            .arg(pki.path(ca))
+            .env("V2X_HTTP_TOKEN", TOKEN)
+            .output()
+            .unwrap()
+    };
+    let out = top("ca.pem");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("test"),
+        "top over HTTPS: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = top("other-ca.pem");
+    assert!(!out.status.success(), "top trusted an unknown CA");
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&body).unwrap()["collector_id"],
         "test"

@@ -729,6 +729,23 @@ pub fn target_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
 }
 
+/// Runs `cmd` and returns its output; a failure to start or a non-zero exit fails the test with
+/// `what`, the command and both output streams.
+#[allow(dead_code)]
+pub fn run_ok(cmd: &mut Command, what: &str) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: could not start {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}): {cmd:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// The Python of a venv `<target>/<name>` that can `import <import>`, made once with
 /// `packages` (and `optional` ones when they install) and kept. Built under a private name and
 /// renamed into place, so a concurrent run never sees a half-made venv; run it as
@@ -747,23 +764,11 @@ pub fn python_venv(name: &str, import: &str, packages: &[&str], optional: &[&str
     if ready(&py) {
         return py;
     }
-    let run = |cmd: &mut Command, what: &str| {
-        let out = cmd
-            .output()
-            .unwrap_or_else(|e| panic!("{what}: could not start {cmd:?}: {e}"));
-        assert!(
-            out.status.success(),
-            "{what} failed ({}): {cmd:?}\n--- stdout\n{}\n--- stderr\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     let tmp = target_dir().join(format!("{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(target_dir()).unwrap();
     let started = Instant::now();
-    run(
+    run_ok(
         Command::new("python3").args(["-m", "venv"]).arg(&tmp),
         &format!(
             "creating the {name} venv with `python3 -m venv` (Debian needs python3-venv; \
@@ -783,7 +788,7 @@ pub fn python_venv(name: &str, import: &str, packages: &[&str], optional: &[&str
         .args(pkgs);
         c
     };
-    run(
+    run_ok(
         &mut pip(packages),
         &format!("pip install {} into the {name} venv", packages.join(" ")),
     );
