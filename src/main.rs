@@ -339,6 +339,20 @@ enum SchemaCommand {
     },
 }
 
+/// An error and its causes, `: `-separated, leaving out a cause whose text the message
+/// already quotes (most of ours say `...: {source}`).
+fn chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
@@ -347,14 +361,14 @@ fn main() -> ExitCode {
         Command::Simulate(args) => match simulate(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err((code, e)) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", chain(&e));
                 ExitCode::from(code)
             }
         },
         Command::Replay(args) => match replay(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err((code, e)) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", chain(&e));
                 ExitCode::from(code)
             }
         },
@@ -379,7 +393,7 @@ fn main() -> ExitCode {
         Command::Schema { command } => match schema(command) {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("error: {e:#}");
+                eprintln!("error: {}", chain(&e));
                 ExitCode::from(2)
             }
         },
@@ -451,7 +465,7 @@ fn run(args: RunArgs) -> ExitCode {
     let config = match load_run_config(args) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             return ExitCode::from(2);
         }
     };

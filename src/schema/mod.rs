@@ -391,7 +391,7 @@ impl KindSchema {
         let columns: Vec<serde_json::Value> = COMMON_COLUMNS
             .iter()
             .map(|(name, ty, doc)| {
-                serde_json::json!({"name": name, "type": ty, "unit": "", "nullable": *name == "source_id", "doc": doc})
+                serde_json::json!({"name": name, "type": ty, "unit": "", "nullable": false, "doc": doc})
             })
             .chain(self.columns.iter().map(|c| {
                 serde_json::json!({"name": c.name, "type": c.ty.name(), "unit": c.unit, "nullable": c.nullable, "doc": c.doc})
