@@ -107,7 +107,7 @@ struct LsArgs {
 
 #[derive(Args)]
 struct ExportArgs {
-    /// Dataset directory.
+    /// Dataset directory, or s3://bucket/prefix (client from the AWS_* variables).
     #[arg(long, env = "V2X_DATA", default_value = "data")]
     data: PathBuf,
     /// The kind to export.
@@ -136,7 +136,7 @@ struct ExportArgs {
 
 #[derive(Args)]
 struct QueryArgs {
-    /// Dataset directory.
+    /// Dataset directory, or s3://bucket/prefix (client from the AWS_* variables).
     #[arg(long, env = "V2X_DATA", default_value = "data")]
     data: PathBuf,
     /// Output format.

@@ -73,6 +73,14 @@ impl S3Server {
         )
     }
 
+    /// `cmd` with the `AWS_*` variables that point a reader at this server.
+    fn env<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.envs(CREDS)
+            .env("AWS_ENDPOINT", self.endpoint())
+            .env("AWS_ALLOW_HTTP", "true")
+            .env("AWS_REGION", "us-east-1")
+    }
+
     /// Multipart uploads started and neither completed nor aborted.
     fn open_uploads(&self) -> usize {
         let (status, body) = request(self.port, "GET", &format!("/{BUCKET}?uploads")).unwrap();
@@ -254,6 +262,58 @@ fn files_round_trip_through_s3_with_multipart() {
     let log = c.log_text();
     assert!(!log.contains(SECRET), "the secret key reached the log");
     assert!(log.contains("writing to the object store"));
+
+    // `query` and `export` read the bucket directly and agree with the local copy.
+    let bucket = format!("s3://{BUCKET}/{PREFIX}");
+    let sql = "select source_id, count(*) as n, min(event_ts) as lo, max(event_ts) as hi \
+               from radar_target group by source_id order by source_id";
+    let query = |data: &str| {
+        let out = run_ok(
+            s3.env(bin().args(["query", "--format", "csv", "--data", data, sql])),
+            "query",
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let from_bucket = query(&bucket);
+    assert_eq!(from_bucket, query(mirror.path().to_str().unwrap()));
+    assert!(from_bucket.lines().count() > 1, "{from_bucket}");
+    let tables = query_tables(&s3, &bucket);
+    assert!(tables.contains(&"radar_target".to_string()), "{tables:?}");
+    let out = ws.path().join("radar.parquet");
+    run_ok(
+        s3.env(bin().args([
+            "export",
+            "--data",
+            &bucket,
+            "--kind",
+            "radar_target",
+            "--out",
+        ]))
+        .arg(&out),
+        "export",
+    );
+    assert_eq!(read_parquet(&out).num_rows(), expected);
+    let ls = s3
+        .env(bin().args(["ls", "--data", &bucket]))
+        .output()
+        .unwrap();
+    assert_eq!(ls.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&ls.stderr).contains("local copy"));
+}
+
+/// The tables `query` sees in the bucket.
+fn query_tables(s3: &S3Server, bucket: &str) -> Vec<String> {
+    let sql = "select table_name from information_schema.tables where table_schema = 'public'";
+    let out = run_ok(
+        s3.env(bin().args(["query", "--format", "csv", "--data", bucket, sql])),
+        "query",
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]

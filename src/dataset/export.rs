@@ -18,7 +18,7 @@ use datafusion::logical_expr::{col, lit};
 use datafusion::prelude::SessionContext;
 use parquet::file::metadata::KeyValue;
 
-use super::query::{Format, QueryError, Sink, register};
+use super::query::{Format, QueryError, Sink, dir_url, register};
 use super::{DatasetError, validate_kind};
 
 /// What to export.
@@ -126,20 +126,35 @@ pub async fn run(req: &Request, mut progress: impl FnMut(u64, u64)) -> Result<Su
     {
         return Err(QueryError::Usage("--from must be before --to".into()));
     }
-    let data = req
-        .data
-        .canonicalize()
-        .map_err(|_| DatasetError::NoDataDir {
-            path: req.data.clone(),
-        })?;
-    let dir = data.join(&req.kind);
-    if super::files(&data, &req.kind)?.is_empty() {
-        return Err(QueryError::Usage(format!(
-            "kind {} has no data files in {}",
-            req.kind,
-            data.display()
-        )));
-    }
+    let remote = super::remote::Remote::parse(&req.data)?;
+    let table_url = match &remote {
+        Some(r) => {
+            if !r.has_parquet(&req.kind).await? {
+                return Err(QueryError::Usage(format!(
+                    "kind {} has no data files in {}",
+                    req.kind,
+                    r.describe()
+                )));
+            }
+            r.table_url(&req.kind)
+        }
+        None => {
+            let data = req
+                .data
+                .canonicalize()
+                .map_err(|_| DatasetError::NoDataDir {
+                    path: req.data.clone(),
+                })?;
+            if super::files(&data, &req.kind)?.is_empty() {
+                return Err(QueryError::Usage(format!(
+                    "kind {} has no data files in {}",
+                    req.kind,
+                    data.display()
+                )));
+            }
+            dir_url(&data.join(&req.kind))
+        }
+    };
 
     let runtime = RuntimeEnvBuilder::new()
         .with_memory_limit(req.memory_bytes.max(16 << 20), 1.0)
@@ -152,7 +167,10 @@ pub async fn run(req: &Request, mut progress: impl FnMut(u64, u64)) -> Result<Su
         .with_target_partitions(1)
         .with_sort_spill_reservation_bytes(memory / 4);
     let ctx = SessionContext::new_with_config_rt(config, runtime);
-    register(&ctx, &req.kind, &dir).await?;
+    if let Some(r) = &remote {
+        r.register_with(&ctx);
+    }
+    register(&ctx, &req.kind, &table_url).await?;
 
     let mut df = ctx.table(req.kind.as_str()).await?;
     if let Some(from) = req.from_us {
@@ -179,7 +197,11 @@ pub async fn run(req: &Request, mut progress: impl FnMut(u64, u64)) -> Result<Su
         col("event_ts").sort(true, false),
     ])?;
 
-    let schema_json = std::fs::read_to_string(dir.join("_schema.json")).unwrap_or_default();
+    let schema_json = match &remote {
+        Some(r) => r.read_text(&req.kind, "_schema.json").await,
+        None => std::fs::read_to_string(req.data.join(&req.kind).join("_schema.json")).ok(),
+    }
+    .unwrap_or_default();
     let filters = serde_json::json!({
         "kind": req.kind,
         "from": req.from_us.and_then(chrono::DateTime::from_timestamp_micros).map(|t| t.to_rfc3339()),

@@ -12,6 +12,7 @@ pub mod compact;
 pub mod export;
 pub mod ls;
 pub mod query;
+pub mod remote;
 
 use std::path::{Path, PathBuf};
 
@@ -29,6 +30,11 @@ pub enum DatasetError {
     NoDataDir { path: PathBuf },
     #[error("{} is not a directory (give the dataset directory with --data DIR)", path.display())]
     NotADirectory { path: PathBuf },
+    #[error(
+        "{} is in an object store: `query` and `export` read it directly, `ls` and `compact` need a local copy (aws s3 sync)",
+        path.display()
+    )]
+    Remote { path: PathBuf },
     #[error(
         "{kind:?} is not a kind: a kind starts with a letter or digit and uses only A-Z a-z 0-9 _ . - (at most 64)"
     )]
@@ -118,6 +124,11 @@ pub fn quarantine_files(data: &Path) -> Result<Vec<DataFile>, DatasetError> {
 
 /// The data directory must exist and be a directory (a symlink to one is fine: the user named it).
 fn check_data_dir(data: &Path) -> Result<(), DatasetError> {
+    if data.to_str().is_some_and(|s| s.starts_with("s3://")) {
+        return Err(DatasetError::Remote {
+            path: data.to_owned(),
+        });
+    }
     match std::fs::metadata(data) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => Err(DatasetError::NotADirectory {

@@ -74,19 +74,32 @@ pub enum Format {
     Parquet,
 }
 
-/// A session with one table per kind that has data.
+/// A session with one table per kind that has data, from a local directory or an
+/// `s3://bucket/prefix` (see [`super::remote`]).
 pub async fn context(data: &Path) -> Result<SessionContext, QueryError> {
     let ctx = SessionContext::new_with_config(session_config().with_information_schema(true));
+    if let Some(remote) = super::remote::Remote::parse(data)? {
+        remote.register_with(&ctx);
+        for table in remote.tables().await? {
+            let name = if table == super::QUARANTINE {
+                "quarantine"
+            } else {
+                table.as_str()
+            };
+            register(&ctx, name, &remote.table_url(&table)).await?;
+        }
+        return Ok(ctx);
+    }
     let data = data.canonicalize().map_err(|_| DatasetError::NoDataDir {
         path: data.to_owned(),
     })?;
     for kind in super::kinds(&data)? {
         if !super::files(&data, &kind)?.is_empty() {
-            register(&ctx, &kind, &data.join(&kind)).await?;
+            register(&ctx, &kind, &dir_url(&data.join(&kind))).await?;
         }
     }
     if !super::quarantine_files(&data)?.is_empty() {
-        register(&ctx, "quarantine", &data.join(super::QUARANTINE)).await?;
+        register(&ctx, "quarantine", &dir_url(&data.join(super::QUARANTINE))).await?;
     }
     Ok(ctx)
 }
@@ -96,12 +109,19 @@ pub(crate) fn session_config() -> SessionConfig {
     SessionConfig::new().with_collect_statistics(true)
 }
 
+/// The listing URL of a local table directory.
+pub(crate) fn dir_url(dir: &Path) -> String {
+    format!("{}/", dir.display())
+}
+
+/// Registers the table `name` over the Parquet files below `url` (a directory, with a
+/// trailing `/`; local or in a registered object store).
 pub(crate) async fn register(
     ctx: &SessionContext,
     name: &str,
-    dir: &Path,
+    url: &str,
 ) -> Result<(), QueryError> {
-    let url = ListingTableUrl::parse(format!("{}/", dir.display()))?;
+    let url = ListingTableUrl::parse(url)?;
     // Strings as the files declare them (`Utf8`, not DataFusion's default `Utf8View`), so
     // exports keep the dataset's schema. (The session setting does not reach the format.)
     let format = ParquetFormat::default().with_force_view_types(false);
