@@ -846,4 +846,28 @@ mod tests {
         let serialized = toml::to_string(&c).unwrap();
         assert!(!serialized.contains("hunter2-password"), "{serialized}");
     }
+
+    #[test]
+    fn store_settings_are_checked_and_the_secret_never_shown() {
+        let store = |extra: &str| -> Result<(), ConfigError> {
+            let c: Config = toml::from_str(&format!(
+                "[store]\nurl = \"s3://lake/zone1\"\nsecret_access_key = \"sekrit-value-42\"\n{extra}"
+            ))
+            .unwrap();
+            let shown = format!("{c:?}");
+            assert!(!shown.contains("sekrit-value-42"), "{shown}");
+            assert!(!toml::to_string(&c).unwrap().contains("sekrit-value-42"));
+            c.validate()
+        };
+        store("").unwrap();
+        store("endpoint = \"https://minio.zone:9000\"").unwrap();
+        store("endpoint = \"http://127.0.0.1:9000\"\nallow_http = true").unwrap();
+        let err = store("endpoint = \"http://127.0.0.1:9000\"").unwrap_err();
+        assert!(err.to_string().contains("store.allow_http"), "{err}");
+        assert!(store("endpoint = \"minio:9000\"").is_err());
+        assert!(store("multipart_part_bytes = 1024").is_err());
+        assert!(store("timeout_s = 0").is_err());
+        let bad_url: Config = toml::from_str("[store]\nurl = \"gs://lake\"").unwrap();
+        assert!(bad_url.validate().is_err());
+    }
 }

@@ -518,6 +518,59 @@ fn https_serves_probes_and_data_with_the_token_and_refuses_plain_http() {
 }
 
 #[test]
+fn user_name_and_password_over_tls_and_a_wrong_password_says_so() {
+    const PASSWORD: &str = "correct-horse-battery-42";
+    let pki = Pki::new();
+    let passwd = pki.path("passwd");
+    let made = Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&passwd)
+        .args(["collector1", PASSWORD])
+        .status()
+        .expect("mosquitto_passwd");
+    assert!(made.success());
+    set_mode(&passwd, 0o644);
+    // A TLS listener without client certificates: the password is the credential.
+    let port = free_port();
+    let broker = Mosquitto::start_with(&format!(
+        "password_file {}\nlistener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+        passwd.display(),
+        pki.show("ca.pem"),
+        pki.show("server.pem"),
+        pki.show("server.key"),
+    ));
+    wait_for_port(port);
+    let url = format!("mqtts://127.0.0.1:{port}");
+    let config = format!(
+        "[mqtt]\nbroker = {url:?}\nreconnect_max_ms = 500\nusername = \"collector1\"\n\
+         [mqtt.tls]\nca_file = {:?}\n",
+        pki.show("ca.pem")
+    );
+
+    let ws = Workspace::new();
+    let mut c = ws.start_with_env(&config, &[], &[("V2X_MQTT_PASSWORD", PASSWORD)]);
+    assert!(c.stop().success(), "{}", c.log_text());
+    assert!(
+        !c.log_text().contains(PASSWORD),
+        "the password reached the log"
+    );
+
+    let ws = Workspace::new();
+    let mut c = ws.spawn_with_env(&config, &[], &[("V2X_MQTT_PASSWORD", "wrong-password-0")]);
+    let reason = connect_failure(&c);
+    eprintln!("wrong password: {reason}");
+    assert!(
+        reason.starts_with("the broker refused the connection: "),
+        "{reason}\n{}",
+        c.log_text()
+    );
+    assert!(c.stop().success(), "{}", c.log_text());
+    assert!(!c.log_text().contains("subscriptions acknowledged"));
+    assert!(!c.log_text().contains("wrong-password-0"));
+    drop(broker);
+}
+
+#[test]
 fn unusable_tls_settings_are_configuration_errors() {
     let pki = Pki::new();
     let ws = Workspace::new();

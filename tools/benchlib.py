@@ -38,6 +38,46 @@ def start_mosquitto(work, max_inflight=1000):
     return proc, port
 
 
+def make_tls(work):
+    """A CA and a server certificate for 127.0.0.1 made with the openssl command; returns the
+    paths (ca.pem, server.pem, server.key)."""
+    d = os.path.join(work, "tls")
+    os.makedirs(d, exist_ok=True)
+    # mosquitto started as root reads these after dropping to its own user.
+    os.chmod(work, 0o755)
+    os.chmod(d, 0o755)
+    ca, ca_key = os.path.join(d, "ca.pem"), os.path.join(d, "ca.key")
+    crt, key, csr = (os.path.join(d, n) for n in ("server.pem", "server.key", "server.csr"))
+    ext = os.path.join(d, "san.cnf")
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run = lambda *a: subprocess.run(list(a), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run("openssl", "req", "-x509", *ec, "-keyout", ca_key, "-out", ca, "-days", "2", "-subj", "/CN=bench CA")
+    run("openssl", "req", *ec, "-keyout", key, "-out", csr, "-subj", "/CN=localhost")
+    run("openssl", "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+        "-out", crt, "-days", "2", "-extfile", ext)
+    os.chmod(key, 0o644)  # mosquitto may read it after dropping root
+    return ca, crt, key
+
+
+def start_mosquitto_tls(work, max_inflight=1000):
+    """As start_mosquitto, plus a TLS listener: returns (process, plain port, TLS port, CA file).
+    Publishers use the plain port; the drainers under test the TLS one."""
+    ca, crt, key = make_tls(work)
+    port, tls_port = free_port(), free_port()
+    conf = os.path.join(work, "mosquitto.conf")
+    with open(conf, "w") as f:
+        f.write(f"per_listener_settings false\nallow_anonymous true\npersistence false\n"
+                f"max_queued_messages 0\nmax_inflight_messages {max_inflight}\nlog_dest none\n"
+                f"listener {port} 127.0.0.1\n"
+                f"listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {crt}\nkeyfile {key}\n")
+    proc = subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    wait_port(tls_port)
+    return proc, port, tls_port, ca
+
+
 def publish(port, items):
     """Publishes (topic, payload bytes) pairs at QoS 1 with mosquitto_pub, per topic in calls of
     at most 1,000 lines (mosquitto_pub 2.0.11 -l can exit before a longer input is delivered)."""

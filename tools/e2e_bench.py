@@ -5,6 +5,7 @@
     pip install paho-mqtt pyarrow        # for the Python baseline
     tools/e2e_bench.py --messages 200000 [--binary target/release/v2x-collector]
     tools/e2e_bench.py --smoke           # 2,000 messages: checks the script still works
+    tools/e2e_bench.py --tls --messages 100000   # both drainers over TLS (mqtts://)
 
 It starts its own mosquitto on a free loopback port. For each drainer it creates the drainer's
 persistent session, queues the backlog (simulated BSMs, a tenth of them RSMs) while the drainer
@@ -26,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import publish, start_mosquitto, stats
+from benchlib import publish, start_mosquitto, start_mosquitto_tls, stats
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOPIC_BSM = "v2x/v1/obu/car-{}/bsm/up/float"
@@ -90,13 +91,20 @@ def main():
     ap.add_argument("--messages", type=int, default=200_000)
     ap.add_argument("--binary", default="target/release/v2x-collector")
     ap.add_argument("--smoke", action="store_true", help="2,000 messages, to check the script runs")
+    ap.add_argument("--tls", action="store_true",
+                    help="mosquitto_sub and the collector drain over TLS (a CA made with openssl); "
+                         "no Python baseline")
     args = ap.parse_args()
     n = 2000 if args.smoke else args.messages
     binary = os.path.abspath(args.binary)
     if not os.path.exists(binary):
         sys.exit(f"{binary} missing: run `cargo build --release` (or pass --binary)")
     work = tempfile.mkdtemp(prefix="v2x-e2e-")
-    broker, port = start_mosquitto(work)
+    if args.tls:
+        broker, port, drain_port, ca = start_mosquitto_tls(work)
+    else:
+        broker, port = start_mosquitto(work)
+        drain_port, ca = port, None
     results = {}
     try:
         items = backlog(n)
@@ -104,8 +112,8 @@ def main():
         print(f"backlog: {n} messages, {raw_bytes} bytes of JSON, mosquitto on port {port}")
 
         # 1. mosquitto_sub to /dev/null.
-        sub = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-c", "-i", "bench-sub",
-               "-t", "V2X/#", "-t", "v2x/#"]
+        sub = ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(drain_port), "-q", "1", "-c", "-i", "bench-sub",
+               "-t", "V2X/#", "-t", "v2x/#"] + (["--cafile", ca] if ca else [])
         subprocess.run(sub + ["-W", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         publish(port, items)
         results["mosquitto_sub"] = timed(sub + ["-C", str(n)], lambda: False)
@@ -113,7 +121,8 @@ def main():
         # 2. v2x-collector.
         ccfg = os.path.join(work, "collector.toml")
         open(ccfg, "w").write(f'collector_id = "bench"\ndata_dir = "{work}/data"\nwal_dir = "{work}/wal"\n'
-                              f'stats_interval_s = 0.05\n[mqtt]\nbroker = "mqtt://127.0.0.1:{port}"\nclient_id = "bench-collector"\n')
+                              f'stats_interval_s = 0.05\n[mqtt]\nbroker = "{"mqtts" if ca else "mqtt"}://127.0.0.1:{drain_port}"\n'
+                              f'client_id = "bench-collector"\n' + (f'[mqtt.tls]\nca_file = "{ca}"\n' if ca else ""))
         log = os.path.join(work, "collector.log")
 
         def collector():
@@ -138,7 +147,7 @@ def main():
         try:
             import paho.mqtt.client  # noqa: F401
             import pyarrow  # noqa: F401
-            have_python = True
+            have_python = not args.tls
         except ImportError:
             have_python = False
             print("baseline skipped: pip install paho-mqtt pyarrow")
