@@ -26,16 +26,23 @@ def wait_port(port, limit=10):
     sys.exit(f"mosquitto did not listen on {port}")
 
 
-def start_mosquitto(work, max_inflight=1000):
-    """A mosquitto with unlimited queues and no persistence; returns (process, port)."""
+def _mosquitto(work, max_inflight, extra=""):
+    """mosquitto with unlimited queues and no persistence on a plain loopback port, plus the
+    `extra` configuration lines; returns (process, port)."""
     port = free_port()
     conf = os.path.join(work, "mosquitto.conf")
     with open(conf, "w") as f:
-        f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-                f"max_queued_messages 0\nmax_inflight_messages {max_inflight}\nlog_dest none\n")
+        f.write(f"per_listener_settings false\nallow_anonymous true\npersistence false\n"
+                f"max_queued_messages 0\nmax_inflight_messages {max_inflight}\nlog_dest none\n"
+                f"listener {port} 127.0.0.1\n{extra}")
     proc = subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)
     return proc, port
+
+
+def start_mosquitto(work, max_inflight=1000):
+    """A mosquitto with unlimited queues and no persistence; returns (process, port)."""
+    return _mosquitto(work, max_inflight)
 
 
 def make_tls(work):
@@ -65,15 +72,9 @@ def start_mosquitto_tls(work, max_inflight=1000):
     """As start_mosquitto, plus a TLS listener: returns (process, plain port, TLS port, CA file).
     Publishers use the plain port; the drainers under test the TLS one."""
     ca, crt, key = make_tls(work)
-    port, tls_port = free_port(), free_port()
-    conf = os.path.join(work, "mosquitto.conf")
-    with open(conf, "w") as f:
-        f.write(f"per_listener_settings false\nallow_anonymous true\npersistence false\n"
-                f"max_queued_messages 0\nmax_inflight_messages {max_inflight}\nlog_dest none\n"
-                f"listener {port} 127.0.0.1\n"
-                f"listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {crt}\nkeyfile {key}\n")
-    proc = subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
+    tls_port = free_port()
+    proc, port = _mosquitto(work, max_inflight,
+                            f"listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {crt}\nkeyfile {key}\n")
     wait_port(tls_port)
     return proc, port, tls_port, ca
 
