@@ -74,8 +74,32 @@ impl Default for Config {
     }
 }
 
+/// A credential (password, token, secret key): read from the configuration like a string,
+/// shown as `<redacted>` by `Debug`, and never serialized (its fields are `skip_serializing`),
+/// so no log line or config dump can carry it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value, for the one place that hands it to a client or compares it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
 /// The HTTP server: dashboard, `/metrics`, `/healthz`, `/readyz`, `/api/status`.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// Serve HTTP at all.
@@ -84,7 +108,8 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Bearer token every route but `/healthz` requires. Mandatory when `listen` is not a
     /// loopback address; optional on loopback. Never logged.
-    pub token: Option<String>,
+    #[serde(skip_serializing)]
+    pub token: Option<Secret>,
     /// A source that sent nothing for this long is flagged silent.
     pub silent_after_s: f64,
     /// HTTPS: with a certificate and key the server speaks TLS only.
@@ -119,18 +144,6 @@ impl Default for HttpConfig {
     }
 }
 
-impl std::fmt::Debug for HttpConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HttpConfig")
-            .field("enabled", &self.enabled)
-            .field("listen", &self.listen)
-            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
-            .field("silent_after_s", &self.silent_after_s)
-            .field("tls", &self.tls)
-            .finish()
-    }
-}
-
 /// MQTT protocol version used by the collector's client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Protocol {
@@ -140,7 +153,7 @@ pub enum Protocol {
     V311,
 }
 
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MqttConfig {
     /// External broker URL, `mqtt://host:port` or `mqtts://host:port` (TLS, port 8883 by
@@ -177,7 +190,7 @@ pub struct MqttConfig {
     pub username: Option<String>,
     /// Never logged. Also from `V2X_MQTT_PASSWORD`.
     #[serde(skip_serializing)]
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// TLS towards an `mqtts://` broker.
     pub tls: MqttTlsConfig,
 }
@@ -196,29 +209,6 @@ pub struct MqttTlsConfig {
     /// The name the broker's certificate must carry, when it differs from the URL's host
     /// (connecting by IP address, for example). Default: the URL's host.
     pub server_name: Option<String>,
-}
-
-impl std::fmt::Debug for MqttConfig {
-    // Written by hand so the password can never reach a log line.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MqttConfig")
-            .field("broker", &self.broker)
-            .field("protocol", &self.protocol)
-            .field("client_id", &self.client_id)
-            .field("keep_alive_s", &self.keep_alive_s)
-            .field("session_expiry_s", &self.session_expiry_s)
-            .field("max_packet_bytes", &self.max_packet_bytes)
-            .field("receive_maximum", &self.receive_maximum)
-            .field("subscriptions", &self.subscriptions)
-            .field("shared_group", &self.shared_group)
-            .field("qos", &self.qos)
-            .field("reconnect_min_ms", &self.reconnect_min_ms)
-            .field("reconnect_max_ms", &self.reconnect_max_ms)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("tls", &self.tls)
-            .finish()
-    }
 }
 
 impl MqttTlsConfig {
@@ -426,7 +416,7 @@ impl Default for WriterConfig {
 /// Object store output. With `url` set, committed files are uploaded to an S3-compatible
 /// bucket instead of being renamed into `data_dir` (see `sink::store`). Credentials, region and
 /// endpoint also come from the standard `AWS_*` environment variables; these keys win.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
     /// `s3://bucket/prefix`. Unset: files go to `data_dir` on local disk.
@@ -437,7 +427,7 @@ pub struct StoreConfig {
     pub access_key_id: Option<String>,
     /// Never logged or serialized.
     #[serde(skip_serializing)]
-    pub secret_access_key: Option<String>,
+    pub secret_access_key: Option<Secret>,
     /// Allow an `http://` endpoint (a store on the same host or a trusted network).
     pub allow_http: bool,
     /// `bucket.endpoint/key` requests instead of `endpoint/bucket/key`.
@@ -465,26 +455,6 @@ impl Default for StoreConfig {
             timeout_s: 30.0,
             max_retries: 3,
         }
-    }
-}
-
-impl std::fmt::Debug for StoreConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoreConfig")
-            .field("url", &self.url)
-            .field("endpoint", &self.endpoint)
-            .field("region", &self.region)
-            .field("access_key_id", &self.access_key_id)
-            .field(
-                "secret_access_key",
-                &self.secret_access_key.as_ref().map(|_| "<redacted>"),
-            )
-            .field("allow_http", &self.allow_http)
-            .field("virtual_hosted_style", &self.virtual_hosted_style)
-            .field("multipart_part_bytes", &self.multipart_part_bytes)
-            .field("timeout_s", &self.timeout_s)
-            .field("max_retries", &self.max_retries)
-            .finish()
     }
 }
 
@@ -628,7 +598,7 @@ impl Config {
             )));
         }
         if self.http.enabled {
-            match self.http.token.as_deref() {
+            match self.http.token.as_ref().map(Secret::expose) {
                 Some(t) if t.len() < 16 || t.chars().any(char::is_whitespace) => {
                     return Err(ConfigError::Invalid(
                         "http.token must be at least 16 characters without whitespace".into(),

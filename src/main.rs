@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use v2x_collector::config::{Config, Protocol};
+use v2x_collector::config::{Config, Protocol, Secret};
 use v2x_collector::decode::Outcome;
 use v2x_collector::pipeline;
 
@@ -427,7 +427,7 @@ fn load_run_config(args: RunArgs) -> anyhow::Result<Config> {
         c.mqtt.username = Some(v);
     }
     if let Ok(v) = std::env::var("V2X_MQTT_PASSWORD") {
-        c.mqtt.password = Some(v);
+        c.mqtt.password = Some(Secret::new(v));
     }
     if let Some(v) = args.listen {
         c.embedded.listen = v;
@@ -436,7 +436,7 @@ fn load_run_config(args: RunArgs) -> anyhow::Result<Config> {
         c.http.listen = v;
     }
     if let Some(v) = args.http_token {
-        c.http.token = Some(v);
+        c.http.token = Some(Secret::new(v));
     }
     if let Some(v) = args.client_id {
         c.mqtt.client_id = Some(v);
@@ -537,7 +537,7 @@ fn publish_settings(
         client_id,
         tls,
         username: login.username,
-        password: std::env::var("V2X_MQTT_PASSWORD").ok(),
+        password: std::env::var("V2X_MQTT_PASSWORD").ok().map(Secret::new),
     })
 }
 

@@ -262,7 +262,7 @@ pub async fn run(
                 activity: published.clone(),
                 prometheus,
             });
-            let token = config.http.token.clone();
+            let token = config.http.token.as_ref().map(|t| t.expose().to_string());
             let server = crate::http::Server::start_with_tls(
                 config.http.listen,
                 token,

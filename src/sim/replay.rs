@@ -153,7 +153,7 @@ fn payload_time_ms(v: &Value) -> Option<i64> {
 }
 
 /// Connection settings for publishing.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct PublishSettings {
     pub host: String,
     pub port: u16,
@@ -163,22 +163,7 @@ pub struct PublishSettings {
     pub tls: Option<crate::source::tls::ClientTls>,
     pub username: Option<String>,
     /// Never logged.
-    pub password: Option<String>,
-}
-
-impl std::fmt::Debug for PublishSettings {
-    // Written by hand so the password can never reach a log line.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PublishSettings")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("qos", &self.qos)
-            .field("client_id", &self.client_id)
-            .field("tls", &self.tls)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
+    pub password: Option<crate::config::Secret>,
 }
 
 /// One MQTT connection for publishing; its event loop runs on its own task, so waiting on the
@@ -199,7 +184,12 @@ impl Publisher {
         opts.set_keep_alive(Duration::from_secs(30));
         opts.set_max_packet_size(64 * 1024 * 1024, 64 * 1024 * 1024);
         if let Some(u) = &s.username {
-            opts.set_credentials(u.clone(), s.password.clone().unwrap_or_default());
+            opts.set_credentials(
+                u.clone(),
+                s.password
+                    .as_ref()
+                    .map_or("", crate::config::Secret::expose),
+            );
         }
         if let Some(t) = &s.tls {
             opts.set_transport(rumqttc::Transport::tls_with_config(

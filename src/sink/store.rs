@@ -118,7 +118,7 @@ impl ObjectTarget {
             b = b.with_access_key_id(k);
         }
         if let Some(s) = &cfg.secret_access_key {
-            b = b.with_secret_access_key(s);
+            b = b.with_secret_access_key(s.expose());
         }
         // The builder's errors name settings, never secret values.
         let s3 = b.build().map_err(|e| bad(e.to_string()))?;
@@ -326,7 +326,7 @@ mod tests {
             url: Some("s3://lake/zone1".into()),
             region: Some("us-east-1".into()),
             access_key_id: Some("k".into()),
-            secret_access_key: Some("SECRETVALUE123".into()),
+            secret_access_key: Some(crate::config::Secret::new("SECRETVALUE123")),
             ..StoreConfig::default()
         })
         .unwrap();

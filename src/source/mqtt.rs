@@ -15,10 +15,10 @@ use tokio::task::JoinHandle;
 
 use super::tls::{self, Cause, ClientTls};
 use super::{AckSender, AckToken, Message, now_us};
-use crate::config::Protocol;
+use crate::config::{Protocol, Secret};
 
 /// Connection settings, resolved from config.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct SourceSettings {
     pub host: String,
     pub port: u16,
@@ -33,25 +33,9 @@ pub struct SourceSettings {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub username: Option<String>,
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// `mqtts://`: the TLS configuration. `None`: plaintext.
     pub tls: Option<ClientTls>,
-}
-
-impl std::fmt::Debug for SourceSettings {
-    // Written by hand so the password can never reach a log line.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SourceSettings")
-            .field("host", &self.host)
-            .field("port", &self.port)
-            .field("protocol", &self.protocol)
-            .field("client_id", &self.client_id)
-            .field("filters", &self.filters)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("tls", &self.tls)
-            .finish()
-    }
 }
 
 /// Connection state shared with the rest of the collector.
@@ -353,7 +337,7 @@ client_impl!(
         o.set_manual_acks(true);
         o.set_max_packet_size(s.max_packet_bytes, s.max_packet_bytes);
         if let (Some(u), Some(p)) = (&s.username, &s.password) {
-            o.set_credentials(u.clone(), p.clone());
+            o.set_credentials(u.clone(), p.expose());
         } else if let Some(u) = &s.username {
             o.set_credentials(u.clone(), "");
         }
@@ -396,7 +380,7 @@ client_impl!(
         o.set_receive_maximum(Some(s.receive_maximum));
         o.set_max_packet_size(Some(s.max_packet_bytes.min(u32::MAX as usize) as u32));
         if let Some(u) = &s.username {
-            o.set_credentials(u.clone(), s.password.clone().unwrap_or_default());
+            o.set_credentials(u.clone(), s.password.as_ref().map_or("", Secret::expose));
         }
         if let Some(t) = &s.tls {
             o.set_transport(rumqttc::Transport::tls_with_config(
