@@ -30,6 +30,9 @@ pub struct Route<'t> {
     /// payload.
     pub source_id: Option<&'t str>,
     pub profile: &'t str,
+    /// The profile was named (by the topic or the route's `profile`), not defaulted: the
+    /// decoder then does not look for another profile that fits better.
+    pub profile_named: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -63,6 +66,7 @@ struct Compiled {
     last_optional: bool,
     kind: Option<String>,
     profile: String,
+    profile_named: bool,
 }
 
 /// All templates, compiled once; matching does no allocation.
@@ -85,6 +89,7 @@ pub fn builtin_routes() -> Vec<RouteTemplate> {
         r("V2X/RSU/{source_id}/SPAT/UP/{profile?}", "spat_phase"),
         r("V2X/RSU/{source_id}/RSI/UP/{profile?}", "rsi_event"),
         r("V2X/RSU/{source_id}/BSM/UP/{profile?}", "bsm"),
+        r("V2X/RSU/{source_id}/MAP/UP/{profile?}", "map_lane"),
         // OpenV2X device status: the source comes from the payload.
         r("V2X/RSU/HB/UP", "device_status"),
         r("V2X/RSU/INFO/UP", "device_status"),
@@ -108,6 +113,7 @@ pub fn builtin_routes() -> Vec<RouteTemplate> {
         r("v2x/v1/rsu/{source_id}/spat/up/{profile?}", "spat_phase"),
         r("v2x/v1/rsu/{source_id}/rsi/up/{profile?}", "rsi_event"),
         r("v2x/v1/rsu/{source_id}/bsm/up/{profile?}", "bsm"),
+        r("v2x/v1/rsu/{source_id}/map/up/{profile?}", "map_lane"),
         r("v2x/v1/rsu/{source_id}/hb/up/{profile?}", "device_status"),
         r("v2x/v1/obu/{source_id}/bsm/up/{profile?}", "bsm"),
         r(
@@ -156,13 +162,17 @@ impl Router {
                 kind: c.kind.as_deref().unwrap_or(""),
                 source_id: None,
                 profile: &c.profile,
+                profile_named: c.profile_named,
             };
             for (seg, part) in c.segments.iter().zip(parts) {
                 match seg {
                     Segment::Literal(lit) if lit == part => {}
                     Segment::Literal(_) => continue 'templates,
                     Segment::SourceId => route.source_id = Some(part),
-                    Segment::Profile => route.profile = part,
+                    Segment::Profile => {
+                        route.profile = part;
+                        route.profile_named = true;
+                    }
                     Segment::Kind => route.kind = part,
                     Segment::Any => {}
                 }
@@ -279,6 +289,7 @@ fn compile(separator: &str, t: &RouteTemplate) -> Result<Compiled, TemplateError
         last_optional,
         kind: t.kind.clone(),
         profile: t.profile.clone().unwrap_or_else(|| "std".into()),
+        profile_named: t.profile.is_some(),
     })
 }
 
@@ -329,7 +340,7 @@ mod tests {
     #[test]
     fn unknown_topics_do_not_match() {
         let r = builtin();
-        assert_eq!(r.route("V2X/RSU/x/MAP/UP"), Err(RouteError::NoMatch));
+        assert_eq!(r.route("V2X/RSU/x/NOPE/UP"), Err(RouteError::NoMatch));
         assert_eq!(r.route("V2X/RSU/x/RSM/UP/a/b"), Err(RouteError::NoMatch));
         assert_eq!(r.route("other"), Err(RouteError::NoMatch));
     }

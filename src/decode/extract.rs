@@ -43,11 +43,17 @@ impl Scalar<'_> {
     }
 }
 
-/// The records of one explode level.
+/// The records of one level.
 #[derive(Debug)]
 pub struct Level<'de> {
     width: usize,
+    /// Level of the enclosing records.
+    parent_level: u8,
+    /// For a list beyond the rows: the slot marking it present in the enclosing record.
+    seen: Option<Slot>,
     values: Vec<Scalar<'de>>,
+    /// Per record, the index of its enclosing record (non-decreasing: a record's elements
+    /// are all read while it is the current one).
     parents: Vec<u32>,
     current: u32,
 }
@@ -56,6 +62,7 @@ pub struct Level<'de> {
 #[derive(Debug)]
 pub struct Records<'de> {
     levels: Vec<Level<'de>>,
+    row_level: usize,
     /// The first structural problem (a list where an object belongs, ...).
     pub error: Option<String>,
     /// Whether the outermost exploded list appeared at all (even empty or null).
@@ -67,10 +74,12 @@ pub struct Records<'de> {
 impl<'de> Records<'de> {
     fn new(plan: &Plan) -> Records<'de> {
         let mut levels: Vec<Level<'de>> = plan
-            .widths
+            .levels
             .iter()
-            .map(|&width| Level {
-                width,
+            .map(|l| Level {
+                width: l.width,
+                parent_level: l.parent,
+                seen: l.seen,
                 values: Vec::new(),
                 parents: Vec::new(),
                 current: 0,
@@ -82,6 +91,7 @@ impl<'de> Records<'de> {
         levels[0].parents.push(0);
         Records {
             levels,
+            row_level: plan.row_level as usize,
             error: None,
             rows_list_seen: false,
             ignored_fields: 0,
@@ -90,7 +100,8 @@ impl<'de> Records<'de> {
 
     fn push_record(&mut self, level: u8) {
         let level = level as usize;
-        let parent = self.levels[level - 1].current;
+        let parent_level = self.levels[level].parent_level as usize;
+        let parent = self.levels[parent_level].current;
         let l = &mut self.levels[level];
         l.current = l.parents.len() as u32;
         l.parents.push(parent);
@@ -112,17 +123,17 @@ impl<'de> Records<'de> {
         }
     }
 
-    /// Number of rows: records at the deepest level.
+    /// Number of rows: records at the row level.
     pub fn row_count(&self) -> usize {
-        self.levels.last().map_or(0, |l| l.parents.len())
+        self.levels[self.row_level].parents.len()
     }
 
-    /// Record index at every level for row `row`, outermost first.
+    /// Record index at every level of the rows path for row `row`, outermost first.
     pub fn lineage(&self, row: usize, out: &mut Vec<u32>) {
         out.clear();
-        out.resize(self.levels.len(), 0);
+        out.resize(self.row_level + 1, 0);
         let mut idx = row as u32;
-        for level in (0..self.levels.len()).rev() {
+        for level in (0..=self.row_level).rev() {
             out[level] = idx;
             idx = self.levels[level]
                 .parents
@@ -132,11 +143,38 @@ impl<'de> Records<'de> {
         }
     }
 
-    /// The value of `slot` for the row whose lineage is given.
+    /// The value of `slot` for the row whose lineage is given (`slot` on the rows path).
     pub fn get(&self, slot: Slot, lineage: &[u32]) -> &Scalar<'de> {
         let l = &self.levels[slot.level as usize];
-        let i = lineage[slot.level as usize] as usize * l.width + slot.index as usize;
+        let record = lineage.get(slot.level as usize).copied().unwrap_or(0);
+        let i = record as usize * l.width + slot.index as usize;
         l.values.get(i).unwrap_or(&Scalar::Null)
+    }
+
+    /// The records of a level beyond the rows (a list value) that belong to the row whose
+    /// lineage is given.
+    pub fn elements(&self, level: u8, lineage: &[u32]) -> std::ops::Range<usize> {
+        let l = &self.levels[level as usize];
+        let parent = lineage.get(l.parent_level as usize).copied().unwrap_or(0);
+        let start = l.parents.partition_point(|&p| p < parent);
+        let end = l.parents.partition_point(|&p| p <= parent);
+        start..end
+    }
+
+    /// Whether the list of `level` (beyond the rows) appeared for the row, even empty.
+    pub fn list_seen(&self, level: u8, lineage: &[u32]) -> bool {
+        match self.levels[level as usize].seen {
+            Some(seen) => matches!(self.get(seen, lineage), Scalar::Bool(true)),
+            None => false,
+        }
+    }
+
+    /// The value of `slot` in record `record` of its level.
+    pub fn get_at(&self, slot: Slot, record: usize) -> &Scalar<'de> {
+        let l = &self.levels[slot.level as usize];
+        l.values
+            .get(record * l.width + slot.index as usize)
+            .unwrap_or(&Scalar::Null)
     }
 }
 
@@ -161,7 +199,9 @@ struct NodeSeed<'p, 'r, 'de> {
 
 impl<'de> NodeSeed<'_, '_, 'de> {
     fn scalar<E>(self, v: Scalar<'de>) -> Result<(), E> {
-        if let Some((1, _)) = self.node.list {
+        if let Some(list) = &self.node.list
+            && list.rows_outer
+        {
             self.records.rows_list_seen = true;
         }
         if let Some(slot) = self.node.leaf {
@@ -224,20 +264,24 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_, 'de> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let NodeSeed { node, records } = self;
-        if let Some((level, elem)) = &node.list {
-            records.rows_list_seen |= *level == 1;
+        if let Some(list) = &node.list {
+            records.rows_list_seen |= list.rows_outer;
+            if let Some(seen) = list.seen {
+                records.set(seen, Scalar::Bool(true));
+            }
             // A single object where the standard says a list: one element.
-            records.push_record(*level);
+            records.push_record(list.level);
             return NodeSeed {
-                node: elem,
+                node: &list.elem,
                 records,
             }
             .visit_map(map);
         }
+        if let Some(slot) = node.leaf {
+            // Present (flags are read below it; a value column finds an object).
+            records.set(slot, Scalar::Object);
+        }
         if node.children.is_empty() {
-            if let Some(slot) = node.leaf {
-                records.set(slot, Scalar::Object);
-            }
             while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
             return Ok(());
         }
@@ -258,12 +302,15 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_, 'de> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let NodeSeed { node, records } = self;
-        if let Some((level, elem)) = &node.list {
-            records.rows_list_seen |= *level == 1;
+        if let Some(list) = &node.list {
+            records.rows_list_seen |= list.rows_outer;
+            if let Some(seen) = list.seen {
+                records.set(seen, Scalar::Bool(true));
+            }
             while seq
                 .next_element_seed(ElemSeed {
-                    level: *level,
-                    node: elem,
+                    level: list.level,
+                    node: &list.elem,
                     records: &mut *records,
                 })?
                 .is_some()

@@ -3,6 +3,7 @@
 //! quarantine row with its reason; a message is filed whole or quarantined whole.
 
 pub mod extract;
+mod geo;
 pub mod plan;
 pub mod time;
 
@@ -11,7 +12,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use arrow::array::{
-    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, StringBuilder,
+    ArrayRef, BooleanBuilder, Float64Builder, Int32Builder, Int64Builder, ListBuilder,
+    StringBuilder,
 };
 use arrow::datatypes::{
     DataType, Field, Schema, SchemaRef, TimeUnit, TimestampMicrosecondType,
@@ -22,9 +24,9 @@ use arrow::record_batch::RecordBatch;
 use crate::config::{TimeConfig, TimestampUnit};
 use crate::quarantine::{QuarantineBuilder, Reason, Rejection};
 use crate::route::{RouteError, Router, is_safe_identifier};
-use crate::schema::{ColumnType, KindSchema, SchemaError, TimeFormat};
+use crate::schema::{ColumnType, KindSchema, PositionComponent, SchemaError, TimeFormat};
 use extract::{Records, Scalar};
-use plan::{ColumnPlan, ColumnSource, Constant, Plan};
+use plan::{ColumnPlan, ColumnSource, Constant, Plan, PositionPlan, Slot};
 
 pub const US_PER_HOUR: i64 = 3_600_000_000;
 
@@ -41,6 +43,9 @@ pub struct KindDecoder {
     messages: metrics::Counter,
     rows: metrics::Counter,
     ignored_fields: metrics::Counter,
+    /// Profiles with `detect` paths, in name order. The names live as long as the process
+    /// (a handful per kind, leaked once when the schema is compiled).
+    detectable: Vec<&'static str>,
 }
 
 impl KindDecoder {
@@ -60,6 +65,12 @@ impl KindDecoder {
         }
         let arrow = arrow_schema(&schema, unit);
         let kind = schema.kind.clone();
+        let detectable = schema
+            .profiles
+            .iter()
+            .filter(|(_, p)| !p.detect.is_empty())
+            .map(|(name, _)| &*Box::leak(name.clone().into_boxed_str()))
+            .collect();
         let sequence = schema.sequence.as_ref().and_then(|s| {
             let i = schema.columns.iter().position(|c| c.name == s.column)?;
             Some((i, s.modulo))
@@ -74,6 +85,7 @@ impl KindDecoder {
             messages: metrics::counter!("v2x_decode_messages_total", "kind" => kind.clone()),
             rows: metrics::counter!("v2x_decode_rows_total", "kind" => kind.clone()),
             ignored_fields: metrics::counter!("v2x_decode_ignored_fields_total", "kind" => kind),
+            detectable,
         })
     }
 
@@ -94,6 +106,23 @@ fn ts_type(unit: TimestampUnit) -> DataType {
     }
 }
 
+fn data_type(ty: ColumnType, unit: TimestampUnit) -> DataType {
+    match ty {
+        ColumnType::Float64 => DataType::Float64,
+        ColumnType::Int64 => DataType::Int64,
+        ColumnType::Int32 => DataType::Int32,
+        ColumnType::Utf8 => DataType::Utf8,
+        ColumnType::Bool => DataType::Boolean,
+        ColumnType::Timestamp => ts_type(unit),
+        // The element field as arrow's ListBuilder makes it, so batches match the schema.
+        list => DataType::List(Arc::new(Field::new(
+            "item",
+            data_type(list.item().unwrap_or(ColumnType::Utf8), unit),
+            true,
+        ))),
+    }
+}
+
 /// The Arrow schema of a kind: the common columns, then the declared ones with their unit
 /// and doc in the field metadata, and the whole schema file as JSON in the schema metadata.
 pub fn arrow_schema(schema: &KindSchema, unit: TimestampUnit) -> SchemaRef {
@@ -106,14 +135,7 @@ pub fn arrow_schema(schema: &KindSchema, unit: TimestampUnit) -> SchemaRef {
         Field::new("msg_uid", DataType::Utf8, false),
     ];
     for c in &schema.columns {
-        let ty = match c.ty {
-            ColumnType::Float64 => DataType::Float64,
-            ColumnType::Int64 => DataType::Int64,
-            ColumnType::Int32 => DataType::Int32,
-            ColumnType::Utf8 => DataType::Utf8,
-            ColumnType::Bool => DataType::Boolean,
-            ColumnType::Timestamp => ts_type(unit),
-        };
+        let ty = data_type(c.ty, unit);
         let meta = HashMap::from([
             ("unit".to_string(), c.unit.clone()),
             ("doc".to_string(), c.doc.clone()),
@@ -137,6 +159,8 @@ enum Cell<'a> {
     Str(Cow<'a, str>),
     /// A canonical enum name, shared with the plan.
     Name(Arc<str>),
+    /// The elements of a list column.
+    List(Vec<Cell<'a>>),
 }
 
 enum ColBuilder {
@@ -146,6 +170,10 @@ enum ColBuilder {
     Str(StringBuilder),
     Bool(BooleanBuilder),
     Ts(Int64Builder),
+    ListF64(ListBuilder<Float64Builder>),
+    ListI64(ListBuilder<Int64Builder>),
+    ListI32(ListBuilder<Int32Builder>),
+    ListStr(ListBuilder<StringBuilder>),
 }
 
 impl ColBuilder {
@@ -157,6 +185,10 @@ impl ColBuilder {
             ColumnType::Utf8 => ColBuilder::Str(StringBuilder::new()),
             ColumnType::Bool => ColBuilder::Bool(BooleanBuilder::new()),
             ColumnType::Timestamp => ColBuilder::Ts(Int64Builder::new()),
+            ColumnType::ListFloat64 => ColBuilder::ListF64(ListBuilder::new(Float64Builder::new())),
+            ColumnType::ListInt64 => ColBuilder::ListI64(ListBuilder::new(Int64Builder::new())),
+            ColumnType::ListInt32 => ColBuilder::ListI32(ListBuilder::new(Int32Builder::new())),
+            ColumnType::ListUtf8 => ColBuilder::ListStr(ListBuilder::new(StringBuilder::new())),
         }
     }
 
@@ -170,6 +202,47 @@ impl ColBuilder {
             (ColBuilder::Str(b), Cell::Name(v)) => b.append_value(v),
             (ColBuilder::Bool(b), Cell::Bool(v)) => b.append_value(*v),
             (ColBuilder::Ts(b), Cell::I64(v)) => b.append_value(scale_ts(*v, unit)),
+            (ColBuilder::ListF64(b), Cell::List(items)) => {
+                for item in items {
+                    match item {
+                        Cell::F64(v) => b.values().append_value(*v),
+                        _ => b.values().append_null(),
+                    }
+                }
+                b.append(true);
+            }
+            (ColBuilder::ListI64(b), Cell::List(items)) => {
+                for item in items {
+                    match item {
+                        Cell::I64(v) => b.values().append_value(*v),
+                        _ => b.values().append_null(),
+                    }
+                }
+                b.append(true);
+            }
+            (ColBuilder::ListI32(b), Cell::List(items)) => {
+                for item in items {
+                    match item {
+                        Cell::I64(v) => b.values().append_value(*v as i32),
+                        _ => b.values().append_null(),
+                    }
+                }
+                b.append(true);
+            }
+            (ColBuilder::ListStr(b), Cell::List(items)) => {
+                for item in items {
+                    match item {
+                        Cell::Str(v) => b.values().append_value(v),
+                        Cell::Name(v) => b.values().append_value(v),
+                        _ => b.values().append_null(),
+                    }
+                }
+                b.append(true);
+            }
+            (ColBuilder::ListF64(b), _) => b.append(false),
+            (ColBuilder::ListI64(b), _) => b.append(false),
+            (ColBuilder::ListI32(b), _) => b.append(false),
+            (ColBuilder::ListStr(b), _) => b.append(false),
             (ColBuilder::F64(b), _) => b.append_null(),
             (ColBuilder::I64(b), _) | (ColBuilder::Ts(b), _) => b.append_null(),
             (ColBuilder::I32(b), _) => b.append_null(),
@@ -186,6 +259,10 @@ impl ColBuilder {
             ColBuilder::Str(b) => Arc::new(b.finish()),
             ColBuilder::Bool(b) => Arc::new(b.finish()),
             ColBuilder::Ts(b) => ts_array(b.finish(), unit),
+            ColBuilder::ListF64(b) => Arc::new(b.finish()),
+            ColBuilder::ListI64(b) => Arc::new(b.finish()),
+            ColBuilder::ListI32(b) => Arc::new(b.finish()),
+            ColBuilder::ListStr(b) => Arc::new(b.finish()),
         }
     }
 }
@@ -522,7 +599,8 @@ impl Decoder {
             }
         };
         match self.kind_index.get(route.kind).copied() {
-            Some(k) => self.decode_as(k, route.profile, route.source_id, m),
+            Some(k) if route.profile_named => self.decode_as(k, route.profile, route.source_id, m),
+            Some(k) => self.decode_detecting(k, route.profile, route.source_id, m),
             None => {
                 let r = Rejection::new(
                     Reason::UnknownKind,
@@ -541,8 +619,33 @@ impl Decoder {
         topic_source: Option<&str>,
         m: &Raw,
     ) -> Outcome {
+        self.decode_with(kind, profile, false, topic_source, m)
+    }
+
+    /// As [`Decoder::decode_as`] for a profile nobody named (the route's default): when it
+    /// cannot decode the message, a profile of the kind whose `detect` paths are all present
+    /// gets it instead.
+    pub fn decode_detecting(
+        &mut self,
+        kind: usize,
+        profile: &str,
+        topic_source: Option<&str>,
+        m: &Raw,
+    ) -> Outcome {
+        self.decode_with(kind, profile, true, topic_source, m)
+    }
+
+    fn decode_with(
+        &mut self,
+        kind: usize,
+        profile: &str,
+        detect: bool,
+        topic_source: Option<&str>,
+        m: &Raw,
+    ) -> Outcome {
         let body = m.payload.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(m.payload);
         let repaired: String;
+        let mut body = body;
         let mut staged = self.stage(kind, profile, topic_source, body, m.recv_us);
         if let Err(r) = &staged
             && r.reason == Reason::InvalidJson
@@ -550,7 +653,15 @@ impl Decoder {
         {
             // GB2312-era text that is not UTF-8: keep the message, replace the bad bytes.
             repaired = String::from_utf8_lossy(body).into_owned();
-            staged = self.stage(kind, profile, topic_source, repaired.as_bytes(), m.recv_us);
+            body = repaired.as_bytes();
+            staged = self.stage(kind, profile, topic_source, body, m.recv_us);
+        }
+        if detect
+            && let Err(r) = &staged
+            && r.reason != Reason::InvalidJson
+            && let Some(other) = self.detect_profile(kind, profile, body)
+        {
+            staged = self.stage(kind, other, topic_source, body, m.recv_us);
         }
         match staged {
             Err(r) => self.reject(m, Some(kind), topic_source, r),
@@ -566,6 +677,23 @@ impl Decoder {
                 Outcome::Filed { kind, rows }
             }
         }
+    }
+
+    /// The first profile (other than `tried`) whose `detect` paths are all present in `body`.
+    fn detect_profile(&self, kind: usize, tried: &str, body: &[u8]) -> Option<&'static str> {
+        let k = &self.kinds[kind];
+        k.detectable.iter().find_map(|name| {
+            if name.eq_ignore_ascii_case(tried) {
+                return None;
+            }
+            let plan = k.plans(name)?.first()?;
+            let records = extract::extract(plan, body).ok()?;
+            let all = plan
+                .detect
+                .iter()
+                .all(|s| !matches!(records.get(*s, &[0]), Scalar::Null));
+            all.then_some(*name)
+        })
     }
 
     /// Message-counter jumps per source become a metric and a log line.
@@ -702,8 +830,9 @@ impl Decoder {
                     .check(event, recv_us)
                     .map_err(|e| Rejection::new(Reason::ImplausibleTime, e))?;
                 staged.events.push(event);
+                let at = At::Row(lineage);
                 for col in &plan.columns {
-                    let cell = convert(col, &records, lineage, recv_us)?;
+                    let cell = convert(col, plan, &records, at, recv_us, event)?;
                     staged.cells.push(cell);
                 }
                 debug_assert_eq!(staged.cells.len(), staged.events.len() * ncols);
@@ -856,8 +985,25 @@ fn event_time(
         if *v == Scalar::Null {
             continue;
         }
-        let moy = t.moy.and_then(|m| as_i64(records.get(m, lineage)));
-        match time_value(v, t.format, moy, recv_us) {
+        // The time the minute (hour, year) is chosen nearest to.
+        let reference = match t.anchor {
+            None => recv_us,
+            Some(a) => match anchor_us(records.get(a, lineage)) {
+                Some(us) => us,
+                None => {
+                    problems.push(format!("{:?} has no anchor time", t.format));
+                    continue;
+                }
+            },
+        };
+        let found = match &t.parts {
+            Some(parts) => date_time_parts_us(parts, records, lineage),
+            None => {
+                let moy = t.moy.and_then(|m| as_i64(records.get(m, lineage)));
+                time_value(v, t.format, moy, reference)
+            }
+        };
+        match found {
             Some(us) => return Ok(us),
             None => problems.push(format!("{v:?} is not a valid {:?} time", t.format)),
         }
@@ -871,6 +1017,36 @@ fn event_time(
         problems.join("; ")
     };
     Err(Rejection::new(Reason::MissingEventTime, detail))
+}
+
+fn anchor_us(v: &Scalar<'_>) -> Option<i64> {
+    match v {
+        Scalar::Str(s) => time::parse_text_auto_us(s),
+        Scalar::Null | Scalar::Object | Scalar::Array | Scalar::Bool(_) => None,
+        other => time::epoch_auto_us(as_f64(other)?),
+    }
+}
+
+/// `DDateTime`: year, month, day, hour, minute and second (milliseconds within the minute)
+/// are required; `offset` (minutes east of UTC) is optional.
+fn date_time_parts_us(parts: &[Slot; 7], records: &Records<'_>, lineage: &[u32]) -> Option<i64> {
+    let get = |i: usize| as_i64(records.get(parts[i], lineage));
+    let (year, month, day) = (get(0)?, get(1)?, get(2)?);
+    let (hour, minute, ms) = (get(3)?, get(4)?, get(5)?);
+    let offset_min = get(6).unwrap_or(0);
+    let date = chrono::NaiveDate::from_ymd_opt(
+        i32::try_from(year).ok()?,
+        u32::try_from(month).ok()?,
+        u32::try_from(day).ok()?,
+    )?;
+    if !(0..24).contains(&hour) || !(0..60).contains(&minute) || !(0..61_000).contains(&ms) {
+        return None;
+    }
+    let midnight = date.and_hms_opt(0, 0, 0)?.and_utc().timestamp_micros();
+    Some(
+        midnight + hour * 3_600_000_000 + minute * 60_000_000 + ms * 1_000
+            - offset_min * 60_000_000,
+    )
 }
 
 fn time_value(v: &Scalar<'_>, format: TimeFormat, moy: Option<i64>, recv_us: i64) -> Option<i64> {
@@ -897,6 +1073,9 @@ fn time_value(v: &Scalar<'_>, format: TimeFormat, moy: Option<i64>, recv_us: i64
                 None => time::sec_mark_us(sec_mark, recv_us),
             }
         }
+        TimeFormat::TimeMark => time::time_mark_us(as_i64(v)?, recv_us),
+        // Read from its parts by the caller; a lone value is not one.
+        TimeFormat::DateTimeParts => None,
     }
 }
 
@@ -925,31 +1104,328 @@ fn as_i64(v: &Scalar<'_>) -> Option<i64> {
     }
 }
 
-/// Converts one column's raw value into its declared type and unit.
-fn convert<'a, 'de>(
+/// Where a value is read: for a row (its lineage on the rows path), or in one record of a
+/// list beyond the rows.
+#[derive(Clone, Copy)]
+enum At<'l> {
+    Row(&'l [u32]),
+    Record(usize),
+}
+
+fn value_at<'r, 'de>(records: &'r Records<'de>, slot: Slot, at: At<'_>) -> &'r Scalar<'de> {
+    match at {
+        At::Row(lineage) => records.get(slot, lineage),
+        At::Record(r) => records.get_at(slot, r),
+    }
+}
+
+fn first_present<'r, 'de>(
+    records: &'r Records<'de>,
+    slots: &[Slot],
+    at: At<'_>,
+) -> &'r Scalar<'de> {
+    slots
+        .iter()
+        .map(|s| value_at(records, *s, at))
+        .find(|v| **v != Scalar::Null)
+        .unwrap_or(&Scalar::Null)
+}
+
+/// Converts one column's value for a row into its declared type and unit.
+fn convert<'de>(
     col: &ColumnPlan,
-    records: &'a Records<'de>,
+    plan: &Plan,
+    records: &Records<'de>,
+    at: At<'_>,
+    recv_us: i64,
+    event_us: i64,
+) -> Result<Cell<'de>, Rejection> {
+    let lineage = match at {
+        At::Row(l) => l,
+        At::Record(_) => &[][..],
+    };
+    match &col.source {
+        ColumnSource::Absent => null_or_missing(col),
+        ColumnSource::Const(c) => Ok(match c {
+            Constant::Null => Cell::Null,
+            Constant::Bool(b) => Cell::Bool(*b),
+            Constant::Int(i) => Cell::I64(*i),
+            Constant::Float(f) => Cell::F64(*f),
+            Constant::Str(s) => Cell::Str(Cow::Owned(s.clone())),
+        }),
+        ColumnSource::Position { index, component } => position_cell(
+            col,
+            &plan.positions[*index],
+            *component,
+            records,
+            lineage,
+            recv_us,
+        ),
+        ColumnSource::Flags {
+            object,
+            flags,
+            choice,
+        } => {
+            let names = |at: At<'_>| flag_names(records, *object, flags, *choice, at);
+            named_cell(col, records, level_and(col, lineage), at, &names)
+        }
+        ColumnSource::Bits { slots, names } => {
+            let names = |at: At<'_>| bit_names(col, records, slots, names, at);
+            named_cell(col, records, level_and(col, lineage), at, &names)
+        }
+        ColumnSource::Slots(slots) => match col.collect {
+            Some(level) => {
+                if !list_present(records, level, lineage) {
+                    return null_or_missing(col);
+                }
+                let item_ty = col.ty.item().unwrap_or(ColumnType::Utf8);
+                let mut items = Vec::new();
+                for r in records.elements(level, lineage) {
+                    let raw = first_present(records, slots, At::Record(r));
+                    items.push(scalar_cell(col, item_ty, raw, recv_us, event_us, true)?);
+                }
+                Ok(Cell::List(items))
+            }
+            None => {
+                let raw = first_present(records, slots, at);
+                scalar_cell(col, col.ty, raw, recv_us, event_us, col.nullable)
+            }
+        },
+    }
+}
+
+/// Whether the list of `level` was present (possibly empty) for this row.
+fn list_present(records: &Records<'_>, level: u8, lineage: &[u32]) -> bool {
+    !records.elements(level, lineage).is_empty() || records.list_seen(level, lineage)
+}
+
+/// The collect level of a list column with the row's lineage, if it has one.
+fn level_and<'l>(col: &ColumnPlan, lineage: &'l [u32]) -> Option<(u8, &'l [u32])> {
+    col.collect.map(|level| (level, lineage))
+}
+
+/// A column of names (flags, a choice, bits): a list of names, their join, or one join per
+/// element of a list.
+fn named_cell<'de>(
+    col: &ColumnPlan,
+    records: &Records<'de>,
+    collect: Option<(u8, &[u32])>,
+    at: At<'_>,
+    names: &dyn Fn(At<'_>) -> Result<Option<Vec<Arc<str>>>, Rejection>,
+) -> Result<Cell<'de>, Rejection> {
+    match collect {
+        Some((level, lineage)) => {
+            if !list_present(records, level, lineage) {
+                return null_or_missing(col);
+            }
+            let mut items = Vec::new();
+            for r in records.elements(level, lineage) {
+                items.push(match names(At::Record(r))? {
+                    Some(n) => Cell::Str(Cow::Owned(join_names(&n))),
+                    None => Cell::Null,
+                });
+            }
+            Ok(Cell::List(items))
+        }
+        None => match names(at)? {
+            None => null_or_missing(col),
+            Some(n) if col.ty.is_list() => Ok(Cell::List(n.into_iter().map(Cell::Name).collect())),
+            Some(n) => Ok(Cell::Str(Cow::Owned(join_names(&n)))),
+        },
+    }
+}
+
+fn join_names(names: &[Arc<str>]) -> String {
+    let v: Vec<&str> = names.iter().map(|n| &**n).collect();
+    v.join("|")
+}
+
+/// Names of the set flags of the object (or of its first present alternative, for a
+/// choice), or `None` when the object is absent.
+fn flag_names(
+    records: &Records<'_>,
+    object: Slot,
+    flags: &[(Arc<str>, Slot)],
+    choice: bool,
+    at: At<'_>,
+) -> Result<Option<Vec<Arc<str>>>, Rejection> {
+    if matches!(value_at(records, object, at), Scalar::Null) {
+        return Ok(None);
+    }
+    if choice {
+        return Ok(Some(
+            flags
+                .iter()
+                .find(|(_, slot)| !matches!(value_at(records, *slot, at), Scalar::Null))
+                .map(|(name, _)| vec![name.clone()])
+                .unwrap_or_default(),
+        ));
+    }
+    let set = |v: &Scalar<'_>| match v {
+        Scalar::Bool(b) => *b,
+        Scalar::I64(i) => *i != 0,
+        Scalar::U64(u) => *u != 0,
+        Scalar::F64(f) => *f != 0.0,
+        Scalar::Str(s) => s.eq_ignore_ascii_case("true") || s.as_ref() == "1",
+        Scalar::Object | Scalar::Array => true,
+        Scalar::Null => false,
+    };
+    Ok(Some(
+        flags
+            .iter()
+            .filter(|(_, slot)| set(value_at(records, *slot, at)))
+            .map(|(name, _)| name.clone())
+            .collect(),
+    ))
+}
+
+/// Names of the set bits of a bit string sent as `0`/`1` text (leftmost is bit 0).
+fn bit_names(
+    col: &ColumnPlan,
+    records: &Records<'_>,
+    slots: &[Slot],
+    names: &[Arc<str>],
+    at: At<'_>,
+) -> Result<Option<Vec<Arc<str>>>, Rejection> {
+    let raw = first_present(records, slots, at);
+    let text = match raw {
+        Scalar::Null => return Ok(None),
+        Scalar::Str(s) => s.trim(),
+        other => {
+            return Err(Rejection::new(
+                Reason::TypeMismatch,
+                format!(
+                    "column {}: expected a bit string of 0 and 1, found {} {other:?}",
+                    col.name,
+                    other.type_name()
+                ),
+            ));
+        }
+    };
+    let digits = text.strip_prefix(['B', 'b']).unwrap_or(text);
+    if !digits.bytes().all(|b| b == b'0' || b == b'1') {
+        return Err(Rejection::new(
+            Reason::TypeMismatch,
+            format!(
+                "column {}: {text:?} is not a bit string of 0 and 1",
+                col.name
+            ),
+        ));
+    }
+    Ok(Some(
+        digits
+            .bytes()
+            .zip(names)
+            .filter(|(b, _)| *b == b'1')
+            .map(|(_, n)| n.clone())
+            .collect(),
+    ))
+}
+
+/// A float from a position's value plan, `None` when absent or unavailable.
+fn position_value(
+    p: &ColumnPlan,
+    records: &Records<'_>,
+    at: At<'_>,
+    recv_us: i64,
+) -> Result<Option<f64>, Rejection> {
+    let ColumnSource::Slots(slots) = &p.source else {
+        return Ok(None);
+    };
+    let raw = first_present(records, slots, at);
+    match scalar_cell(p, ColumnType::Float64, raw, recv_us, 0, true)? {
+        Cell::F64(v) => Ok(Some(v)),
+        _ => Ok(None),
+    }
+}
+
+/// The coordinate `component` of a position, for one point or for each point of a list.
+fn position_cell<'de>(
+    col: &ColumnPlan,
+    pos: &PositionPlan,
+    component: PositionComponent,
+    records: &Records<'de>,
     lineage: &[u32],
     recv_us: i64,
 ) -> Result<Cell<'de>, Rejection> {
-    let raw: Cow<'a, Scalar<'de>> = match &col.source {
-        ColumnSource::Absent => Cow::Owned(Scalar::Null),
-        ColumnSource::Const(c) => {
-            return Ok(match c {
-                Constant::Null => Cell::Null,
-                Constant::Bool(b) => Cell::Bool(*b),
-                Constant::Int(i) => Cell::I64(*i),
-                Constant::Float(f) => Cell::F64(*f),
-                Constant::Str(s) => Cell::Str(Cow::Owned(s.clone())),
-            });
+    let row = At::Row(lineage);
+    let origin = match (
+        position_value(&pos.origin_lat, records, row, recv_us)?,
+        position_value(&pos.origin_lon, records, row, recv_us)?,
+    ) {
+        (Some(lat), Some(lon)) => geo::Origin::new(lat, lon),
+        _ => return null_or_missing(col),
+    };
+    let pair = |pair: &Option<(ColumnPlan, ColumnPlan)>,
+                at: At<'_>|
+     -> Result<Option<(f64, f64)>, Rejection> {
+        match pair {
+            Some((a, b)) => Ok(
+                match (
+                    position_value(a, records, at, recv_us)?,
+                    position_value(b, records, at, recv_us)?,
+                ) {
+                    (Some(x), Some(y)) => Some((x, y)),
+                    _ => None,
+                },
+            ),
+            None => Ok(None),
         }
-        ColumnSource::Slots(slots) => Cow::Borrowed(
-            slots
-                .iter()
-                .map(|s| records.get(*s, lineage))
-                .find(|v| **v != Scalar::Null)
-                .unwrap_or(&Scalar::Null),
-        ),
+    };
+    let mut chain = geo::Chain::new(&origin, pos.chain);
+    let mut point = |at: At<'_>| -> Result<Cell<'de>, Rejection> {
+        let p = if let Some((lat, lon)) = pair(&pos.absolute, at)? {
+            Some(chain.absolute(lat, lon))
+        } else if let Some((e, n)) = pair(&pos.east, at)? {
+            Some(chain.metric(e, n))
+        } else if let Some((dlat, dlon)) = pair(&pos.delta, at)? {
+            Some(chain.angular(dlat, dlon))
+        } else {
+            None
+        };
+        Ok(match p {
+            Some(p) => Cell::F64(match component {
+                PositionComponent::Lat => p.lat,
+                PositionComponent::Lon => p.lon,
+                PositionComponent::EastM => p.east,
+                PositionComponent::NorthM => p.north,
+            }),
+            None => Cell::Null,
+        })
+    };
+    match pos.collect {
+        Some(level) => {
+            let mut items = Vec::new();
+            for r in records.elements(level, lineage) {
+                items.push(point(At::Record(r))?);
+            }
+            if items.is_empty() && !records.list_seen(level, lineage) {
+                return null_or_missing(col);
+            }
+            Ok(Cell::List(items))
+        }
+        None => match point(row)? {
+            Cell::Null => null_or_missing(col),
+            cell => Ok(cell),
+        },
+    }
+}
+
+/// Converts one raw value into `ty` (the column's type, or its element type).
+fn scalar_cell<'de>(
+    col: &ColumnPlan,
+    ty: ColumnType,
+    raw: &Scalar<'de>,
+    recv_us: i64,
+    event_us: i64,
+    nullable: bool,
+) -> Result<Cell<'de>, Rejection> {
+    let null = || {
+        if nullable {
+            Ok(Cell::Null)
+        } else {
+            null_or_missing(col)
+        }
     };
     let mismatch = |what: &str| {
         Rejection::new(
@@ -958,22 +1434,35 @@ fn convert<'a, 'de>(
                 "column {}: expected {what}, found {} {:?}",
                 col.name,
                 raw.type_name(),
-                raw.as_ref()
+                raw
             ),
         )
     };
-    if let Scalar::Str(s) = raw.as_ref()
+    if let Scalar::Str(s) = raw
         && s.trim().is_empty()
-        && col.ty != ColumnType::Utf8
+        && ty != ColumnType::Utf8
     {
-        return null_or_missing(col);
+        return null();
     }
-    let cell = match (col.ty, raw.as_ref()) {
-        (_, Scalar::Null) => return null_or_missing(col),
+    let cell = match (ty, raw) {
+        (_, Scalar::Null) => return null(),
+        (ColumnType::Float64, v) if col.since_event => {
+            let x = as_f64(v);
+            if x.is_some_and(|x| unavailable(col, x)) {
+                return null();
+            }
+            let seconds = match col.time_format {
+                TimeFormat::TimeMark => x.map(|tenths| time::time_mark_after_s(tenths, event_us)),
+                format => {
+                    time_value(v, format, None, event_us).map(|t| (t - event_us) as f64 / 1e6)
+                }
+            };
+            Cell::F64(seconds.ok_or_else(|| mismatch("a time"))?)
+        }
         (ColumnType::Float64, v) => {
             let x = as_f64(v).ok_or_else(|| mismatch("a number"))?;
             if unavailable(col, x) {
-                return null_or_missing(col);
+                return null();
             }
             let scaled = match (col.divisor, col.scale) {
                 (Some(d), _) => x / d,
@@ -985,9 +1474,9 @@ fn convert<'a, 'de>(
         (ColumnType::Int64 | ColumnType::Int32, v) => {
             let x = as_i64(v).ok_or_else(|| mismatch("an integer"))?;
             if unavailable(col, x as f64) {
-                return null_or_missing(col);
+                return null();
             }
-            if col.ty == ColumnType::Int32 && i32::try_from(x).is_err() {
+            if ty == ColumnType::Int32 && i32::try_from(x).is_err() {
                 return Err(mismatch("a 32-bit integer"));
             }
             Cell::I64(x)
@@ -1035,6 +1524,8 @@ fn convert<'a, 'de>(
                 None => Cell::Str(text),
             }
         }
+        // List types never reach here: their elements are converted one by one.
+        (_, _) => return Err(mismatch("a value")),
     };
     Ok(cell)
 }

@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::route::builtin_routes;
-use arrow::array::AsArray;
+use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
 
 fn shared(path: &str) -> String {
@@ -16,7 +16,7 @@ fn decoder() -> Decoder {
     let router = Router::new("/", &builtin_routes()).unwrap();
     let schemas = crate::schema::load_all(None).unwrap();
     let settings = DecodeSettings {
-        max_payload_bytes: 64 * 1024,
+        max_payload_bytes: 1024 * 1024,
         quarantine_keep_bytes: 1024,
         window: TimeWindow::from_config(&TimeConfig::default()).unwrap(),
         unit: TimestampUnit::Us,
@@ -472,7 +472,7 @@ fn malformed_payloads_are_quarantined_with_their_reason() {
             br#"{"timeStamp":"1890000000000","targets":[{"targetId":1}]}"#.to_vec(),
             "implausible_time",
         ),
-        ("V2X/RSU/R1/MAP/UP", b"{}".to_vec(), "unknown_topic"),
+        ("V2X/RSU/R1/NOPE/UP", b"{}".to_vec(), "unknown_topic"),
         ("V2X/RSU/../RSM/UP", b"{}".to_vec(), "invalid_source_id"),
         ("V2X/RSU/R1/RSM/UP/ACME", b"{}".to_vec(), "unknown_profile"),
         (
@@ -485,7 +485,7 @@ fn malformed_payloads_are_quarantined_with_their_reason() {
             br#"{"rsuEsn":"../../etc"}"#.to_vec(),
             "invalid_source_id",
         ),
-        ("V2X/RSU/R1/RSM/UP", vec![b' '; 70 * 1024], "too_large"),
+        ("V2X/RSU/R1/RSM/UP", vec![b' '; 1100 * 1024], "too_large"),
         ("V2X/RSU/R1/RSM/UP", b"".to_vec(), "invalid_json"),
         (
             "V2X/RADAR/R1/TRACK/UP",
@@ -514,7 +514,7 @@ fn malformed_payloads_are_quarantined_with_their_reason() {
     // The oversized payload is kept, truncated to the configured size, with its real length.
     let big = cases.iter().position(|c| c.2 == "too_large").unwrap();
     let sizes = i64s(&q, "payload_bytes");
-    assert_eq!(sizes[big], Some(70 * 1024));
+    assert_eq!(sizes[big], Some(1100 * 1024));
     let kept = q
         .column_by_name("payload")
         .unwrap()
@@ -575,4 +575,217 @@ fn message_counter_jumps_are_counted_per_source() {
     assert_eq!(gaps.get(&(k, "car-2".to_string())), None);
     assert_eq!(gaps.get(&(k, "car-3".to_string())), Some(&(1, 17)));
     assert_eq!(d.sequence_gaps().total_missed, 20);
+}
+
+fn f64_lists(b: &RecordBatch, col: &str) -> Vec<Option<Vec<Option<f64>>>> {
+    let list = b.column_by_name(col).unwrap().as_list::<i32>();
+    (0..list.len())
+        .map(|i| {
+            list.is_valid(i)
+                .then(|| list.value(i).as_primitive::<Float64Type>().iter().collect())
+        })
+        .collect()
+}
+
+fn i32_lists(b: &RecordBatch, col: &str) -> Vec<Option<Vec<Option<i32>>>> {
+    let list = b.column_by_name(col).unwrap().as_list::<i32>();
+    (0..list.len())
+        .map(|i| {
+            list.is_valid(i)
+                .then(|| list.value(i).as_primitive::<Int32Type>().iter().collect())
+        })
+        .collect()
+}
+
+fn str_lists(b: &RecordBatch, col: &str) -> Vec<Option<Vec<Option<String>>>> {
+    let list = b.column_by_name(col).unwrap().as_list::<i32>();
+    (0..list.len())
+        .map(|i| {
+            list.is_valid(i).then(|| {
+                list.value(i)
+                    .as_string::<i32>()
+                    .iter()
+                    .map(|s| s.map(str::to_string))
+                    .collect()
+            })
+        })
+        .collect()
+}
+
+fn filed(d: &mut Decoder, topic: &str, payload: &str, recv: i64) -> usize {
+    match d.decode(topic, payload.as_bytes(), recv) {
+        Outcome::Filed { rows, .. } => rows,
+        Outcome::Quarantined(r) => {
+            let q = table(d, crate::quarantine::TABLE);
+            panic!("{topic}: quarantined as {r}: {:?}", strs(&q, "error"));
+        }
+    }
+}
+
+#[test]
+fn ode_map_lanes_with_absolute_nodes() {
+    let mut d = decoder();
+    let text = shared("usdot-jpo/valid.map.json");
+    // The default (CSAE) profile cannot read it; its `metadata`/`payload.data.intersections`
+    // detect the ODE shape.
+    let rows = filed(
+        &mut d,
+        "V2X/RSU/RSU12110/MAP/UP",
+        &text,
+        us("2026-12-01T00:00:00Z"),
+    );
+    assert_eq!(rows, 28, "one row per GenericLane");
+    let b = table(&mut d, "map_lane");
+    assert_eq!(strs(&b, "profile")[0].as_deref(), Some("ode"));
+    // Event time: recordGeneratedAt is "", so odeReceivedAt.
+    assert_eq!(ts(&b, "event_ts")[0], us("2022-09-30T17:11:55.518847Z"));
+    let lane = i32s(&b, "lane_id")
+        .iter()
+        .position(|l| *l == Some(2))
+        .unwrap();
+    assert_eq!(i32s(&b, "intersection_id")[lane], Some(12110));
+    assert_eq!(f64s(&b, "ref_lat_deg")[lane], Some(39.5952649));
+    assert_eq!(f64s(&b, "lane_width_m")[lane], Some(3.66));
+    assert_eq!(strs(&b, "lane_type")[lane].as_deref(), Some("vehicle"));
+    assert_eq!(
+        strs(&b, "directional_use")[lane].as_deref(),
+        Some("ingress")
+    );
+    assert_eq!(i32s(&b, "ingress_approach")[lane], Some(1));
+    assert_eq!(
+        str_lists(&b, "maneuvers")[lane],
+        Some(vec![Some("straight".to_string())])
+    );
+    assert_eq!(str_lists(&b, "shared_with")[lane], Some(vec![]));
+    assert_eq!(
+        i32_lists(&b, "connects_to_lane")[lane],
+        Some(vec![Some(19)])
+    );
+    assert_eq!(
+        i32_lists(&b, "connects_to_signal_group")[lane],
+        Some(vec![Some(4)])
+    );
+    assert_eq!(
+        str_lists(&b, "connects_to_maneuver")[lane],
+        Some(vec![Some("straight".to_string())])
+    );
+    // Nodes: nodeXY6 offsets in cm, each from the node before, the first from refPoint
+    // (39.5952649, -105.0914122): (2225, 808), (10517, -161), (2769, 112), ...
+    // By hand on WGS-84 (a = 6378137 m, f = 1/298.257223563, e^2 = f(2 - f)) at
+    // lat0 = 39.5952649 deg: M = a(1 - e^2) / (1 - e^2 sin^2 lat0)^1.5 = 6361370.78 m,
+    // N = a / sqrt(1 - e^2 sin^2 lat0) = 6386827.23 m; lat = lat0 + north / M,
+    // lon = lon0 + east / (N cos lat0), in degrees:
+    //   node 1: east 22.25, north 8.08 -> 39.5953377, -105.0911532
+    //   node 2: east 127.42, north 6.47 -> 39.5953232, -105.0899288
+    //   node 3: east 155.11, north 7.59 -> 39.5953333, -105.0896064
+    let east = f64_lists(&b, "node_east_m")[lane].clone().unwrap();
+    let north = f64_lists(&b, "node_north_m")[lane].clone().unwrap();
+    assert_eq!(east.len(), 6);
+    assert!((east[1].unwrap() - 127.42).abs() < 1e-9, "{east:?}");
+    assert!((north[2].unwrap() - 7.59).abs() < 1e-9, "{north:?}");
+    let lat = f64_lists(&b, "node_lat_deg")[lane].clone().unwrap();
+    let lon = f64_lists(&b, "node_lon_deg")[lane].clone().unwrap();
+    let by_hand = [
+        (39.59533767517918, -105.09115316545667),
+        (39.59532317418432, -105.08992877611188),
+        (39.59533326183292, -105.08960640907796),
+    ];
+    for (i, (hlat, hlon)) in by_hand.iter().enumerate() {
+        // The hand formula is first order: it leaves out the curvature term
+        // east^2 tan(lat0) / 2N, 1.5 mm at 155 m east. 5e-8 degree is about 5 mm.
+        assert!((lat[i].unwrap() - hlat).abs() < 5e-8, "node {i}: {lat:?}");
+        assert!((lon[i].unwrap() - hlon).abs() < 5e-8, "node {i}: {lon:?}");
+    }
+    // And the curvature term is what the exact values differ by: node 3 lies
+    // 155.11^2 * tan(39.595 deg) / (2 * 6386827) = 1.56 mm = 1.40e-8 degree south of it.
+    let south_m = (by_hand[2].0 - lat[2].unwrap()).to_radians() * 6361370.78;
+    assert!((south_m - 0.00156).abs() < 0.0002, "{south_m}");
+    // Egress lanes connect nowhere: lane 6 has one connection to lane 0 with signal group 0.
+    let lane6 = i32s(&b, "lane_id")
+        .iter()
+        .position(|l| *l == Some(6))
+        .unwrap();
+    assert_eq!(
+        strs(&b, "directional_use")[lane6].as_deref(),
+        Some("egress")
+    );
+    assert_eq!(
+        str_lists(&b, "speed_limit_type")[lane6],
+        Some(vec![
+            Some("vehicle_max_speed".to_string()),
+            Some("truck_max_speed".to_string())
+        ])
+    );
+}
+
+#[test]
+fn csae_map_points_bits_and_choices() {
+    let mut d = decoder();
+    // Two points: one absolute, one position-LL offset from refPos (not chained).
+    let payload = r#"{"msgCnt": 3, "nodes": [{"name": "n19", "id": {"region": 10, "id": 19},
+      "refPos": {"lat": 319348466, "long": 1188213963, "elevation": 25},
+      "inLinks": [{"name": "18-19", "upstreamNodeId": {"region": 10, "id": 18}, "linkWidth": 1400,
+        "lanes": [{"laneID": 16, "laneWidth": 350,
+          "laneAttributes": {"shareWith": "0000100000", "laneType": {"vehicle": "00000000"}},
+          "maneuvers": "101000000000",
+          "connectsTo": [{"remoteIntersection": {"region": 10, "id": 17},
+                          "connectingLane": {"lane": 15, "maneuver": "100000000000"}, "phaseId": 3},
+                         {"remoteIntersection": {"region": 10, "id": 20},
+                          "connectingLane": {"lane": 10, "maneuver": "001000000000"}, "phaseId": 4}],
+          "speedLimits": [{"type": "vehicleMaxSpeed", "speed": 833}],
+          "points": [{"posOffset": {"offsetLL": {"position-LatLon": {"lon": 1188221527, "lat": 319351114}}}},
+                     {"posOffset": {"offsetLL": {"position-LL2": {"lon": 1000, "lat": -500}}}}]},
+          {"laneID": 17, "maneuvers": "B000000000000", "points": []}]}]}]}"#;
+    let rows = filed(
+        &mut d,
+        "V2X/RSU/R19/MAP/UP",
+        payload,
+        us("2026-12-01T08:00:00Z"),
+    );
+    assert_eq!(rows, 2);
+    let b = table(&mut d, "map_lane");
+    assert_eq!(strs(&b, "profile")[0].as_deref(), Some("std"));
+    assert_eq!(i32s(&b, "intersection_id"), vec![Some(19), Some(19)]);
+    assert_eq!(i32s(&b, "upstream_node_id")[0], Some(18));
+    assert_eq!(f64s(&b, "ref_elevation_m")[0], Some(2.5));
+    assert_eq!(f64s(&b, "lane_width_m"), vec![Some(3.5), Some(14.0)]);
+    assert_eq!(strs(&b, "lane_type")[0].as_deref(), Some("vehicle"));
+    assert_eq!(strs(&b, "lane_type")[1], None);
+    assert_eq!(
+        str_lists(&b, "maneuvers"),
+        vec![
+            Some(vec![Some("straight".into()), Some("right".into())]),
+            Some(vec![])
+        ]
+    );
+    assert_eq!(
+        str_lists(&b, "shared_with")[0],
+        Some(vec![Some("bus".into())])
+    );
+    assert_eq!(
+        str_lists(&b, "connects_to_maneuver")[0],
+        Some(vec![Some("straight".into()), Some("right".into())])
+    );
+    assert_eq!(
+        i32_lists(&b, "connects_to_signal_group")[0],
+        Some(vec![Some(3), Some(4)])
+    );
+    assert_eq!(
+        i32_lists(&b, "connects_to_lane")[1],
+        None,
+        "no connectsTo: null"
+    );
+    assert_eq!(f64_lists(&b, "speed_limit_mps")[0], Some(vec![Some(16.66)]));
+    let lat = f64_lists(&b, "node_lat_deg")[0].clone().unwrap();
+    let lon = f64_lists(&b, "node_lon_deg")[0].clone().unwrap();
+    assert!((lat[0].unwrap() - 31.9351114).abs() < 1e-12);
+    assert!((lon[0].unwrap() - 118.8221527).abs() < 1e-12);
+    // Offsets are from refPos: 31.9348466 - 0.00005, 118.8213963 + 0.0001.
+    assert!((lat[1].unwrap() - 31.9347966).abs() < 1e-12, "{lat:?}");
+    assert!((lon[1].unwrap() - 118.8214963).abs() < 1e-12, "{lon:?}");
+    assert_eq!(
+        f64_lists(&b, "node_lat_deg")[1],
+        Some(vec![]),
+        "empty points: empty list"
+    );
 }

@@ -90,6 +90,28 @@ pub fn moy_sec_mark_us(moy: i64, sec_mark_ms: i64, recv_us: i64) -> Option<i64> 
         .min_by_key(|t| (t - recv_us).abs())
 }
 
+const US_PER_HOUR: i64 = 3_600_000_000;
+
+/// J2735 TimeMark (tenths of a second within the UTC hour, 0..35999) placed in the hour
+/// nearest `reference_us`. 36000 ("more than an hour") and 36001 (unknown) give `None`.
+pub fn time_mark_us(tenths: i64, reference_us: i64) -> Option<i64> {
+    if !(0..36_000).contains(&tenths) {
+        return None;
+    }
+    let base = reference_us.div_euclid(US_PER_HOUR) * US_PER_HOUR + tenths * 100_000;
+    [base - US_PER_HOUR, base, base + US_PER_HOUR]
+        .into_iter()
+        .min_by_key(|t| (t - reference_us).abs())
+}
+
+/// Seconds from `event_us` until the next TimeMark `tenths` (in the current or the next
+/// hour, as J2735 defines it): always in `[0, 3600)`.
+pub fn time_mark_after_s(tenths: f64, event_us: i64) -> f64 {
+    let mark_s = tenths / 10.0;
+    let event_s = event_us.rem_euclid(US_PER_HOUR) as f64 / 1e6;
+    (mark_s - event_s).rem_euclid(3600.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +166,32 @@ mod tests {
             Some(us("2026-12-31T23:59:59Z"))
         );
         assert_eq!(moy_sec_mark_us(527_040, 0, recv), None);
+    }
+
+    #[test]
+    fn time_mark_nearest_hour_and_countdown() {
+        let reference = us("2022-10-18T23:02:53.824Z");
+        // 2212.0 s into the hour: 22:36:52 (26 min before) is nearer than 23:36:52.
+        assert_eq!(
+            time_mark_us(22_120, reference),
+            Some(us("2022-10-18T22:36:52Z"))
+        );
+        assert_eq!(
+            time_mark_us(1_000, reference),
+            Some(us("2022-10-18T23:01:40Z"))
+        );
+        // 35:59.9 seen just after the hour turned is the hour before.
+        assert_eq!(
+            time_mark_us(35_999, us("2022-10-19T00:00:01Z")),
+            Some(us("2022-10-18T23:59:59.900Z"))
+        );
+        assert_eq!(time_mark_us(36_000, reference), None);
+        assert_eq!(time_mark_us(36_001, reference), None);
+        // Countdown from 23:02:35.176 to the mark at 36:52.0 of the hour: 2056.824 s.
+        let event = us("2022-10-18T23:02:35.176Z");
+        assert!((time_mark_after_s(22_120.0, event) - 2_056.824).abs() < 1e-9);
+        // A mark just behind the event is in the next hour, never negative.
+        assert!((time_mark_after_s(1_551.0, event) - 3_599.924).abs() < 1e-9);
     }
 
     #[test]

@@ -336,6 +336,14 @@ fn time_format(format: TimeFormat, moy: Option<&str>) -> String {
         TimeFormat::BeijingLocal => {
             "`YYYY-mm-dd HH:MM:SS[.fff]` in Beijing time, UTC+8 (`beijing_local`)".to_string()
         }
+        TimeFormat::TimeMark => {
+            "tenths of a second within the UTC hour, J2735 TimeMark (`time_mark`)".to_string()
+        }
+        TimeFormat::DateTimeParts => {
+            "date and time parts `year`, `month`, `day`, `hour`, `minute`, `second` (ms), \
+             `offset` (min) (`date_time_parts`)"
+                .to_string()
+        }
         TimeFormat::SecMark => match moy {
             Some(m) => format!("ms within the minute of the year `{m}` (`sec_mark`)"),
             None => "ms within the UTC minute nearest the receive time (`sec_mark`)".to_string(),
@@ -442,6 +450,10 @@ fn type_names(ty: &DataType) -> (String, String) {
                 ),
                 None => (format!("Timestamp({a})"), format!("INT64 (TIMESTAMP({p}))")),
             };
+        }
+        DataType::List(item) => {
+            let (a, p) = type_names(item.data_type());
+            return (format!("List({a})"), format!("{p} (LIST)"));
         }
         other => return (other.to_string(), String::new()),
     };

@@ -24,6 +24,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "radar_target",
         include_str!("../../schemas/radar_target.toml"),
     ),
+    ("map_lane", include_str!("../../schemas/map_lane.toml")),
     ("rsi_event", include_str!("../../schemas/rsi_event.toml")),
     (
         "rsm_participant",
@@ -67,6 +68,15 @@ pub enum ColumnType {
     Bool,
     /// A UTC timestamp at the configured resolution.
     Timestamp,
+    /// A list of numbers, such as the node positions of a lane.
+    #[serde(rename = "list<float64>")]
+    ListFloat64,
+    #[serde(rename = "list<int64>")]
+    ListInt64,
+    #[serde(rename = "list<int32>")]
+    ListInt32,
+    #[serde(rename = "list<utf8>")]
+    ListUtf8,
 }
 
 impl ColumnType {
@@ -78,7 +88,26 @@ impl ColumnType {
             ColumnType::Utf8 => "utf8",
             ColumnType::Bool => "bool",
             ColumnType::Timestamp => "timestamp",
+            ColumnType::ListFloat64 => "list<float64>",
+            ColumnType::ListInt64 => "list<int64>",
+            ColumnType::ListInt32 => "list<int32>",
+            ColumnType::ListUtf8 => "list<utf8>",
         }
+    }
+
+    /// The element type of a list type; `None` for a scalar type.
+    pub fn item(self) -> Option<ColumnType> {
+        match self {
+            ColumnType::ListFloat64 => Some(ColumnType::Float64),
+            ColumnType::ListInt64 => Some(ColumnType::Int64),
+            ColumnType::ListInt32 => Some(ColumnType::Int32),
+            ColumnType::ListUtf8 => Some(ColumnType::Utf8),
+            _ => None,
+        }
+    }
+
+    pub fn is_list(self) -> bool {
+        self.item().is_some()
     }
 }
 
@@ -113,9 +142,17 @@ pub enum TimeFormat {
     Rfc3339,
     /// `YYYY-mm-dd HH:MM:SS[.fff]` with no zone, in Beijing time (UTC+8).
     BeijingLocal,
-    /// Milliseconds within the UTC minute; the minute is the one nearest the receive time, or
-    /// comes from `moy` when given.
+    /// Milliseconds within the UTC minute; the minute is the one nearest the receive time (or
+    /// the `anchor` time), or comes from `moy` when given.
     SecMark,
+    /// J2735 TimeMark: tenths of a second within the UTC hour (0..35999; 36000 and above mean
+    /// "more than an hour" or unknown). As an event time the hour is the one nearest the
+    /// receive (or anchor) time; with `since_event` the next occurrence at or after the event.
+    TimeMark,
+    /// An object of date and time parts: `year`, `month`, `day`, `hour`, `minute`, `second`
+    /// (milliseconds within the minute) and optionally `offset` (minutes east of UTC), as in
+    /// J2735 `DDateTime` and CSAE `DDateTime`. All but `offset` must be present.
+    DateTimeParts,
 }
 
 /// One candidate for the event time; the first that yields a value wins.
@@ -127,6 +164,13 @@ pub struct TimeSource {
     /// With `sec_mark`: path of the MinuteOfTheYear that fixes the minute.
     #[serde(default)]
     pub moy: Option<String>,
+    /// With `sec_mark`, `time_mark` or `moy`: path of a full time (any `auto` form) that the
+    /// minute, hour or year is chosen nearest to, instead of the receive time. For renderings
+    /// that carry the time a gateway received the message (the US ODE's
+    /// `metadata.odeReceivedAt`), so that a replayed capture keeps its own date. When the
+    /// anchor is absent or not a time, this candidate yields nothing.
+    #[serde(default)]
+    pub anchor: Option<String>,
 }
 
 /// Where a column's value comes from in one profile.
@@ -162,9 +206,94 @@ pub struct FieldDef {
     /// A constant instead of a path.
     #[serde(rename = "const", default)]
     pub constant: Option<toml::Value>,
-    /// For timestamp columns.
+    /// For timestamp columns, and for number columns with `since_event`.
     #[serde(default)]
     pub time_format: Option<TimeFormat>,
+    /// The raw value is a time (in `time_format`); the column holds the seconds from the row's
+    /// event time until it (negative when it lies before). J2735 SPaT gives its phase ends as
+    /// absolute TimeMarks where CSAE counts down: both become the same countdown.
+    #[serde(default)]
+    pub since_event: bool,
+    /// Named flags, each a path relative to `path` (which names the object holding them): the
+    /// column holds the names of those that are set (`true`, a non-zero number, `"1"`/`"true"`,
+    /// or an object or list that is present, as a CHOICE is rendered). A `list<utf8>` column
+    /// gets the names as a list; a `utf8` column, or each element of a `list<utf8>` whose
+    /// path runs through a list, gets them joined by `|`. No flag set gives an empty list or
+    /// string; the object absent gives null.
+    #[serde(default)]
+    pub flags: Option<indexmap::IndexMap<String, String>>,
+    /// A CHOICE: alternatives, each a path relative to `path`; the column holds the name of
+    /// the first one present (not null), as ODE and CSAE JSON render `laneType` or a VIR
+    /// request's `info`.
+    #[serde(default)]
+    pub choice: Option<indexmap::IndexMap<String, String>>,
+    /// A BIT STRING sent as text of `0`/`1` (an optional leading `B`, leftmost is bit 0, as
+    /// OpenV2X renders CSAE `AllowedManeuvers`): the names of the set bits, by position, as
+    /// `flags` gives them. A value that is not such text goes to quarantine.
+    #[serde(default)]
+    pub bits: Option<Vec<String>>,
+    /// The column is one coordinate of a position declared in the profile's `positions`.
+    #[serde(default)]
+    pub position: Option<String>,
+    /// Which coordinate of `position`: `lat` or `lon` (degrees), `east_m` or `north_m`
+    /// (metres from the position's origin on the local tangent plane).
+    #[serde(default)]
+    pub component: Option<PositionComponent>,
+}
+
+/// A coordinate of a declared position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PositionComponent {
+    Lat,
+    Lon,
+    EastM,
+    NorthM,
+}
+
+impl PositionComponent {
+    pub fn name(self) -> &'static str {
+        match self {
+            PositionComponent::Lat => "lat",
+            PositionComponent::Lon => "lon",
+            PositionComponent::EastM => "east_m",
+            PositionComponent::NorthM => "north_m",
+        }
+    }
+}
+
+/// Positions given relative to a reference point: J2735 MAP lane nodes (each an offset in cm
+/// from the node before, the first from the intersection's reference point), J3224 SDSM and
+/// CSAE SSM objects (offsets from the message's reference position), CSAE MAP points
+/// (offsets in 1e-7 degree). Declared once here; columns take a coordinate of it.
+///
+/// Each point is, in this order of preference: an absolute `lat`/`lon`; a metric offset
+/// `east`/`north` (metres after `scale`) on the tangent plane at the origin; an angular offset
+/// `delta_lat`/`delta_lon` (degrees after `scale`). With `chain`, offsets add up from point to
+/// point (the first from the origin, and an absolute point restarts the chain); without it
+/// every point is relative to the origin. Metres become degrees on the WGS-84 ellipsoid
+/// (geographiclib's geodesic problem), never by a hand-written formula.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PositionDef {
+    /// Reference latitude and longitude, degrees after their `scale`.
+    pub origin_lat: FieldSpec,
+    pub origin_lon: FieldSpec,
+    #[serde(default)]
+    pub east: Option<FieldSpec>,
+    #[serde(default)]
+    pub north: Option<FieldSpec>,
+    #[serde(default)]
+    pub delta_lat: Option<FieldSpec>,
+    #[serde(default)]
+    pub delta_lon: Option<FieldSpec>,
+    #[serde(default)]
+    pub lat: Option<FieldSpec>,
+    #[serde(default)]
+    pub lon: Option<FieldSpec>,
+    /// Offsets add up from point to point.
+    #[serde(default)]
+    pub chain: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -225,6 +354,15 @@ pub struct ProfileDef {
     /// When no candidate yields a time, use the receive time instead of quarantining.
     #[serde(default)]
     pub event_time_fallback_recv: bool,
+    /// Paths that are all present (not null) in this shape and in no other profile's. When
+    /// the topic names no profile and the kind's default profile cannot decode a message, the
+    /// first profile whose `detect` paths are all present decodes it instead. The default
+    /// profile is always tried first, so a shape that decodes as the default costs nothing.
+    #[serde(default)]
+    pub detect: Vec<String>,
+    /// Positions given relative to a reference point, by name (see [`PositionDef`]).
+    #[serde(default)]
+    pub positions: BTreeMap<String, PositionDef>,
     /// Column name -> where it comes from. Columns not listed are null in this profile.
     #[serde(default)]
     pub fields: BTreeMap<String, FieldSpec>,
@@ -373,8 +511,69 @@ impl KindSchema {
                 {
                     return Err(self.invalid(format!("profile {pname}: unknown enum {e}")));
                 }
-                if def.constant.is_none() && def.path.paths().is_empty() {
-                    return Err(self.invalid(format!("profile {pname}: field {col} has no path")));
+                let column = self.columns.iter().find(|c| &c.name == col);
+                let ty = column.map(|c| c.ty).unwrap_or(ColumnType::Utf8);
+                let bad = |what: &str| self.invalid(format!("profile {pname}: field {col} {what}"));
+                match (&def.position, def.component) {
+                    (Some(name), Some(_)) => {
+                        if !p.positions.contains_key(name) {
+                            return Err(bad(&format!("names an undeclared position {name}")));
+                        }
+                        if !matches!(ty, ColumnType::Float64 | ColumnType::ListFloat64) {
+                            return Err(bad(
+                                "takes a position: it must be float64 or list<float64>",
+                            ));
+                        }
+                    }
+                    (None, None) => {}
+                    _ => return Err(bad("needs both `position` and `component`")),
+                }
+                let named = [
+                    def.flags.is_some(),
+                    def.choice.is_some(),
+                    def.bits.is_some(),
+                ];
+                if named.iter().filter(|x| **x).count() > 1 {
+                    return Err(bad("may have only one of flags, choice and bits"));
+                }
+                if named.contains(&true) {
+                    if !matches!(ty, ColumnType::Utf8 | ColumnType::ListUtf8) {
+                        return Err(bad(
+                            "has flags, choice or bits: it must be utf8 or list<utf8>",
+                        ));
+                    }
+                    if def.path.paths().len() != 1 && def.bits.is_none() {
+                        return Err(bad(
+                            "has flags or choice: it needs exactly one `path` (the object)",
+                        ));
+                    }
+                }
+                if def.since_event && !matches!(ty, ColumnType::Float64 | ColumnType::ListFloat64) {
+                    return Err(bad("has since_event: it must be float64"));
+                }
+                if def.constant.is_none() && def.position.is_none() && def.path.paths().is_empty() {
+                    return Err(bad("has no path"));
+                }
+            }
+            for (name, pos) in &p.positions {
+                let metric = pos.east.is_some() || pos.north.is_some();
+                let angular = pos.delta_lat.is_some() || pos.delta_lon.is_some();
+                let absolute = pos.lat.is_some() || pos.lon.is_some();
+                let pairs = pos.east.is_some() == pos.north.is_some()
+                    && pos.delta_lat.is_some() == pos.delta_lon.is_some()
+                    && pos.lat.is_some() == pos.lon.is_some();
+                if !pairs || !(metric || angular || absolute) {
+                    return Err(self.invalid(format!(
+                        "profile {pname}: position {name} needs east and north, delta_lat and \
+                         delta_lon, or lat and lon (in pairs)"
+                    )));
+                }
+            }
+            for path in &p.detect {
+                if path.contains("[]") {
+                    return Err(self.invalid(format!(
+                        "profile {pname}: detect path {path:?} may not go through a list"
+                    )));
                 }
             }
             if p.event_time.is_empty() && !p.event_time_fallback_recv {
