@@ -2,7 +2,7 @@
 //!
 //! The modules follow the pipeline: [`source`] (MQTT client, embedded broker) ->
 //! [`route`] (topic templates) -> [`decode`] (declared [`schema`]s) -> [`sink`] (partitions,
-//! Parquet). [`quarantine`] keeps what cannot be filed; [`pipeline`] wires the stages for
+//! Parquet). [`quarantine`] keeps what cannot be filed, [`message_index`] one row per filed message; [`pipeline`] wires the stages for
 //! `run`; [`config`] is the one configuration tree.
 
 pub mod config;
@@ -10,6 +10,7 @@ pub mod dataset;
 pub mod decode;
 pub mod failpoint;
 pub mod http;
+pub mod message_index;
 pub mod pipeline;
 pub mod quarantine;
 pub mod route;

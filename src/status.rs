@@ -36,6 +36,13 @@ pub struct SourceEntry {
     pub gaps: u64,
     /// Bit `i` set: the source sent kind `i`.
     pub kinds: u64,
+    /// Receive time minus the newest event time of its latest message with rows (delay plus
+    /// clock offset), microseconds.
+    pub delay_last_us: i64,
+    /// The same, smoothed over recent messages (exponential, weight 1/8).
+    pub delay_avg_us: i64,
+    /// Messages the delay was measured on.
+    pub delay_samples: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,7 +91,15 @@ impl Activity {
     }
 
     /// A message filed as `rows` rows of kind `kind`.
-    pub fn filed(&mut self, kind: usize, source_id: &str, rows: usize, recv_us: i64) {
+    /// A filed message; `event_us` is the newest event time of its rows (none for no rows).
+    pub fn filed(
+        &mut self,
+        kind: usize,
+        source_id: &str,
+        rows: usize,
+        event_us: Option<i64>,
+        recv_us: i64,
+    ) {
         if let Some(k) = self.kinds.get_mut(kind) {
             k.messages += 1;
             k.rows += rows as u64;
@@ -94,6 +109,16 @@ impl Activity {
             s.last_seen_us = s.last_seen_us.max(recv_us);
             if kind < 64 {
                 s.kinds |= 1 << kind;
+            }
+            if let Some(event) = event_us {
+                let delay = recv_us - event;
+                s.delay_last_us = delay;
+                s.delay_avg_us = if s.delay_samples == 0 {
+                    delay
+                } else {
+                    s.delay_avg_us + (delay - s.delay_avg_us) / 8
+                };
+                s.delay_samples += 1;
             }
         });
     }
@@ -190,9 +215,9 @@ mod tests {
     #[test]
     fn counts_per_kind_and_source_and_keeps_recent_examples() {
         let mut a = Activity::new(3);
-        a.filed(0, "RSU1", 5, 10);
-        a.filed(2, "RSU1", 1, 30);
-        a.filed(0, "car-1", 1, 20);
+        a.filed(0, "RSU1", 5, Some(4), 10);
+        a.filed(2, "RSU1", 1, None, 30);
+        a.filed(0, "car-1", 1, Some(20), 20);
         a.gap("car-1");
         let bad = Raw::new("V2X/RSU/RSU1/SPAT/UP", b"{oops", 40);
         a.quarantined(
@@ -227,7 +252,7 @@ mod tests {
     fn sources_are_bounded_and_examples_rotate() {
         let mut a = Activity::new(1);
         for i in 0..MAX_SOURCES + 5 {
-            a.filed(0, &format!("s{i}"), 1, 1);
+            a.filed(0, &format!("s{i}"), 1, None, 1);
         }
         assert_eq!(a.sources.len(), MAX_SOURCES);
         assert_eq!(a.untracked_source_messages, 5);

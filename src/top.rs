@@ -133,6 +133,8 @@ pub struct SourceStatus {
     pub last_seen: Option<String>,
     pub silent_for_s: f64,
     pub silent: bool,
+    /// Receive minus event time, smoothed (delay plus clock offset); none before a row came.
+    pub delay_avg_ms: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -627,8 +629,8 @@ fn sources(out: &mut String, s: &Status, view: &View, room: Option<usize>) {
         out,
         "{}",
         view.bold(&format!(
-            "{:<w$}  {:<6}  {:>10}  {:>8}  {:>6}  {:>8}  {:>10}  KINDS",
-            "SOURCE", "STATE", "MESSAGES", "QUARANT.", "GAPS", "10s/s", "LAST SEEN"
+            "{:<w$}  {:<6}  {:>10}  {:>8}  {:>6}  {:>8}  {:>10}  {:>9}  KINDS",
+            "SOURCE", "STATE", "MESSAGES", "QUARANT.", "GAPS", "10s/s", "LAST SEEN", "DELAY"
         ))
     );
     // One line is kept for the "more" note when the table is cut.
@@ -638,7 +640,7 @@ fn sources(out: &mut String, s: &Status, view: &View, room: Option<usize>) {
     };
     for x in &sorted[..shown] {
         let line = format!(
-            "{:<w$}  {:<6}  {:>10}  {:>8}  {:>6}  {:>8}  {:>10}  {}",
+            "{:<w$}  {:<6}  {:>10}  {:>8}  {:>6}  {:>8}  {:>10}  {:>9}  {}",
             x.source_id,
             if x.silent { "SILENT" } else { "ok" },
             x.messages,
@@ -646,6 +648,7 @@ fn sources(out: &mut String, s: &Status, view: &View, room: Option<usize>) {
             x.gaps,
             rate(x.rate_10s),
             format!("{} ago", duration(x.silent_for_s)),
+            delay(x.delay_avg_ms),
             x.kinds.join(",")
         );
         let _ = writeln!(out, "{}", if x.silent { view.red(&line) } else { line });
@@ -783,6 +786,15 @@ fn percent(share: f64) -> String {
 }
 
 /// Seconds as `45.2s`, `3m 07s`, `2h 03m`, `4d 01h`.
+/// A delay in ms as the sources table shows it: `-` when unknown, seconds beyond 10 s.
+fn delay(ms: Option<f64>) -> String {
+    match ms {
+        None => "-".into(),
+        Some(ms) if ms.abs() < 10_000.0 => format!("{ms:.0} ms"),
+        Some(ms) => format!("{:.1} s", ms / 1e3),
+    }
+}
+
 fn duration(secs: f64) -> String {
     if !secs.is_finite() || secs < 0.0 {
         return "-".to_string();

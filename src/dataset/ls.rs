@@ -49,7 +49,9 @@ pub const SMALL_FILE_ROWS: u64 = 100_000;
 pub struct Listing {
     pub data: String,
     pub kinds: Vec<KindSummary>,
-    pub quarantine: QuarantineSummary,
+    pub quarantine: TableSummary,
+    /// The message index (`_messages`): one row per filed message.
+    pub messages: TableSummary,
 }
 
 #[derive(Debug, Serialize)]
@@ -78,7 +80,7 @@ pub struct KindSummary {
 }
 
 #[derive(Debug, Default, Serialize)]
-pub struct QuarantineSummary {
+pub struct TableSummary {
     pub partitions: usize,
     pub files: usize,
     pub rows: u64,
@@ -100,6 +102,7 @@ impl Listing {
             .iter()
             .flat_map(|k| &k.errors)
             .chain(&self.quarantine.errors)
+            .chain(&self.messages.errors)
     }
 }
 
@@ -112,7 +115,8 @@ pub fn list(data: &Path) -> Result<Listing, DatasetError> {
     Ok(Listing {
         data: data.display().to_string(),
         kinds,
-        quarantine: summarize_quarantine(data),
+        quarantine: summarize_table(data, super::QUARANTINE),
+        messages: summarize_table(data, super::MESSAGES),
     })
 }
 
@@ -185,13 +189,14 @@ fn summarize_kind(data: &Path, kind: &str) -> KindSummary {
     s
 }
 
-fn summarize_quarantine(data: &Path) -> QuarantineSummary {
-    let mut s = QuarantineSummary::default();
-    let files = match super::table_files(data, super::QUARANTINE) {
+/// Files, rows and size of a table beside the kinds (`_quarantine`, `_messages`).
+fn summarize_table(data: &Path, table: &str) -> TableSummary {
+    let mut s = TableSummary::default();
+    let files = match super::table_files(data, table) {
         Ok(f) => f,
         Err(e) => {
             s.errors.push(FileError {
-                path: data.join(super::QUARANTINE).display().to_string(),
+                path: data.join(table).display().to_string(),
                 error: e.to_string(),
             });
             return s;
@@ -488,17 +493,21 @@ pub fn render(listing: &Listing) -> String {
             ts(k.max_event_ts),
         ]);
     }
-    let q = &listing.quarantine;
-    rows.push([
-        super::QUARANTINE.to_owned(),
-        q.partitions.to_string(),
-        q.files.to_string(),
-        q.rows.to_string(),
-        human_bytes(q.bytes),
-        "-".into(),
-        "-".into(),
-        "-".into(),
-    ]);
+    for (name, q) in [
+        (super::MESSAGES, &listing.messages),
+        (super::QUARANTINE, &listing.quarantine),
+    ] {
+        rows.push([
+            name.to_owned(),
+            q.partitions.to_string(),
+            q.files.to_string(),
+            q.rows.to_string(),
+            human_bytes(q.bytes),
+            "-".into(),
+            "-".into(),
+            "-".into(),
+        ]);
+    }
     let mut width = [0usize; 8];
     for r in &rows {
         for (w, cell) in width.iter_mut().zip(r) {
@@ -772,14 +781,22 @@ mod tests {
                 warning: None,
                 errors: Vec::new(),
             }],
-            quarantine: QuarantineSummary::default(),
+            quarantine: TableSummary::default(),
+            messages: TableSummary {
+                rows: 500,
+                ..TableSummary::default()
+            },
         };
         let table = render(&listing);
         let lines: Vec<&str> = table.lines().collect();
-        assert_eq!(lines.len(), 3, "{table}");
+        assert_eq!(lines.len(), 4, "{table}");
         assert!(lines[1].starts_with("radar_target"));
         assert!(lines[1].contains("2022-09-29T03:00:00.123Z"), "{table}");
-        assert!(lines[2].starts_with("_quarantine "));
+        assert!(
+            lines[2].starts_with("_messages ") && lines[2].contains(" 500 "),
+            "{table}"
+        );
+        assert!(lines[3].starts_with("_quarantine "));
         // Right-aligned counts end in the same column.
         let end = |l: &str, s: &str| l.find(s).map(|i| i + s.len());
         assert_eq!(end(lines[0], "ROWS"), end(lines[1], "11165"));
@@ -787,5 +804,6 @@ mod tests {
         assert_eq!(json["kinds"][0]["min_event_ts"], "2022-09-29T03:00:00.123Z");
         assert_eq!(json["kinds"][0]["warning"], serde_json::Value::Null);
         assert_eq!(json["quarantine"]["rows"], 0);
+        assert_eq!(json["messages"]["rows"], 500);
     }
 }

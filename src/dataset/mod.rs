@@ -20,6 +20,8 @@ use crate::route::is_safe_identifier;
 
 /// The table of messages that could not be filed (see [`crate::quarantine`]).
 pub const QUARANTINE: &str = crate::quarantine::TABLE;
+/// The table of one row per filed message (see [`crate::message_index`]).
+pub const MESSAGES: &str = crate::message_index::TABLE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
@@ -120,6 +122,12 @@ pub fn files(data: &Path, kind: &str) -> Result<Vec<DataFile>, DatasetError> {
 pub fn quarantine_files(data: &Path) -> Result<Vec<DataFile>, DatasetError> {
     check_data_dir(data)?;
     table_files(data, QUARANTINE)
+}
+
+/// The committed files of the message index (none when it does not exist).
+pub fn message_files(data: &Path) -> Result<Vec<DataFile>, DatasetError> {
+    check_data_dir(data)?;
+    table_files(data, MESSAGES)
 }
 
 /// The data directory must exist and be a directory (a symlink to one is fine: the user named it).

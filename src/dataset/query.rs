@@ -81,10 +81,10 @@ pub async fn context(data: &Path) -> Result<SessionContext, QueryError> {
     if let Some(remote) = super::remote::Remote::parse(data)? {
         remote.register_with(&ctx);
         for table in remote.tables().await? {
-            let name = if table == super::QUARANTINE {
-                "quarantine"
-            } else {
-                table.as_str()
+            let name = match table.as_str() {
+                super::QUARANTINE => "quarantine",
+                super::MESSAGES => "messages",
+                other => other,
             };
             register(&ctx, name, &remote.table_url(&table)).await?;
         }
@@ -100,6 +100,9 @@ pub async fn context(data: &Path) -> Result<SessionContext, QueryError> {
     }
     if !super::quarantine_files(&data)?.is_empty() {
         register(&ctx, "quarantine", &dir_url(&data.join(super::QUARANTINE))).await?;
+    }
+    if !super::message_files(&data)?.is_empty() {
+        register(&ctx, "messages", &dir_url(&data.join(super::MESSAGES))).await?;
     }
     Ok(ctx)
 }

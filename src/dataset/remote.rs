@@ -64,7 +64,7 @@ impl Remote {
     }
 
     /// The tables under the prefix that hold at least one Parquet object: the kinds that are
-    /// safe identifiers, and `_quarantine`.
+    /// safe identifiers, `_quarantine` and `_messages`.
     pub async fn tables(&self) -> Result<Vec<String>, QueryError> {
         let prefix = Key::from_iter(self.prefix.iter().map(String::as_str));
         let listing = self
@@ -78,6 +78,7 @@ impl Remote {
                 continue;
             };
             let table = name == super::QUARANTINE
+                || name == super::MESSAGES
                 || (!name.starts_with(['_', '.']) && crate::route::is_safe_identifier(&name));
             if table && self.has_parquet(&name).await? {
                 out.push(name);

@@ -445,6 +445,8 @@ pub struct Decoder {
     settings: DecodeSettings,
     open: HashMap<(usize, i64), RowBuilders>,
     quarantine: HashMap<i64, QuarantineBuilder>,
+    /// `_messages` rows per receive hour.
+    index: HashMap<i64, crate::message_index::IndexBuilder>,
     quarantine_counters: HashMap<Reason, metrics::Counter>,
     lineage: Vec<u32>,
     pending_rows: usize,
@@ -540,6 +542,7 @@ impl Decoder {
             settings,
             open: HashMap::new(),
             quarantine: HashMap::new(),
+            index: HashMap::new(),
             quarantine_counters,
             lineage: Vec::new(),
             pending_rows: 0,
@@ -667,8 +670,26 @@ impl Decoder {
             Err(r) => self.reject(m, Some(kind), topic_source, r),
             Ok(staged) => {
                 let rows = staged.events.len();
+                let newest = staged.events.iter().max().copied();
+                let uid_hex = hex128(m.uid);
+                let hour = m.recv_us.div_euclid(US_PER_HOUR) * US_PER_HOUR;
+                self.index
+                    .entry(hour)
+                    .or_default()
+                    .push(&crate::message_index::Indexed {
+                        recv_us: m.recv_us,
+                        event_us: newest,
+                        kind: &self.kinds[kind].schema.kind,
+                        source_id: &staged.source_id,
+                        topic: m.topic,
+                        profile: staged.profile,
+                        rows,
+                        payload_bytes: m.payload.len(),
+                        msg_uid: std::str::from_utf8(&uid_hex).unwrap_or_default(),
+                    });
+                self.pending_rows += 1;
                 self.activity
-                    .filed(kind, &staged.source_id, rows, m.recv_us);
+                    .filed(kind, &staged.source_id, rows, newest, m.recv_us);
                 self.track_sequence(kind, &staged);
                 self.append(kind, m, staged);
                 let k = &self.kinds[kind];
@@ -901,6 +922,16 @@ impl Decoder {
                 table: Arc::from(k.schema.kind.as_str()),
                 hour_us: hour,
                 batch: b.finish(&k.arrow, self.settings.unit),
+            });
+        }
+        for (hour, mut ix) in self.index.drain() {
+            if ix.is_empty() {
+                continue;
+            }
+            out.push(Batch {
+                table: Arc::from(crate::message_index::TABLE),
+                hour_us: hour,
+                batch: ix.finish(),
             });
         }
         for (hour, mut q) in self.quarantine.drain() {

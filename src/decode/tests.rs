@@ -540,12 +540,24 @@ fn rows_split_by_event_hour() {
     let later = br#"{"timeStamp":"1664427015000","targets":[{"targetId":1}]}"#;
     d.decode("V2X/RADAR/R1/TRACK/UP", payload, us("2026-11-28T09:00:00Z"));
     d.decode("V2X/RADAR/R1/TRACK/UP", later, us("2026-11-28T09:00:00Z"));
-    let mut hours: Vec<i64> = d.take_batches().iter().map(|b| b.hour_us).collect();
+    let batches = d.take_batches();
+    let mut hours: Vec<i64> = batches
+        .iter()
+        .filter(|b| &*b.table == "radar_target")
+        .map(|b| b.hour_us)
+        .collect();
     hours.sort();
     assert_eq!(
         hours,
         vec![us("2022-09-29T03:00:00Z"), us("2022-09-29T04:00:00Z")]
     );
+    // The message index goes by receive hour.
+    let index: Vec<i64> = batches
+        .iter()
+        .filter(|b| &*b.table == crate::message_index::TABLE)
+        .map(|b| b.hour_us)
+        .collect();
+    assert_eq!(index, vec![us("2026-11-28T09:00:00Z")]);
 }
 
 #[test]
@@ -788,4 +800,53 @@ fn csae_map_points_bits_and_choices() {
         Some(vec![]),
         "empty points: empty list"
     );
+}
+
+#[test]
+fn every_filed_message_gets_an_index_row() {
+    let mut d = decoder();
+    let recv = us("2022-09-29T03:50:15.400Z");
+    // A radar frame with two targets, an RSM that saw nobody, and one bad message.
+    let frame = br#"{"timeStamp":"1664423415000","targets":[{"targetId":1},{"targetId":2}]}"#;
+    assert!(matches!(
+        d.decode("V2X/RADAR/R1/TRACK/UP", frame, recv),
+        Outcome::Filed { rows: 2, .. }
+    ));
+    let nobody = br#"{"content":{"rsms":[{"refPos":{"lat":1,"lon":2},"participants":[]}]}}"#;
+    assert!(matches!(
+        d.decode("V2X/RSU/R2/RSM/UP", nobody, recv + 1),
+        Outcome::Filed { rows: 0, .. }
+    ));
+    d.decode("V2X/RSU/R2/RSM/UP", b"{", recv + 2);
+    let ix = table(&mut d, crate::message_index::TABLE);
+    assert_eq!(
+        ix.num_rows(),
+        2,
+        "the quarantined message is in _quarantine only"
+    );
+    assert_eq!(
+        strs(&ix, "kind"),
+        vec![Some("radar_target".into()), Some("rsm_participant".into())]
+    );
+    assert_eq!(
+        strs(&ix, "source_id"),
+        vec![Some("R1".into()), Some("R2".into())]
+    );
+    assert_eq!(i32s(&ix, "rows"), vec![Some(2), Some(0)]);
+    assert_eq!(i64s(&ix, "payload_bytes")[0], Some(frame.len() as i64));
+    // Received 400 ms after the frame's time; the empty RSM has no event time.
+    assert_eq!(f64s(&ix, "delay_ms"), vec![Some(400.0), None]);
+    let event = ix
+        .column_by_name("event_ts")
+        .unwrap()
+        .as_primitive::<TimestampMicrosecondType>();
+    assert_eq!(event.value(0), us("2022-09-29T03:50:15Z"));
+    assert!(event.is_null(1));
+    assert_eq!(
+        strs(&ix, "msg_uid")[0],
+        Some(msg_uid("V2X/RADAR/R1/TRACK/UP", frame))
+    );
+    let sources = &d.activity().sources;
+    assert_eq!(sources["R1"].delay_last_us, 400_000);
+    assert_eq!(sources["R2"].delay_samples, 0);
 }

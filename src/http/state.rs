@@ -283,6 +283,9 @@ impl Shared {
                     "last_seen": rfc3339(s.last_seen_us),
                     "silent_for_s": silent_for,
                     "silent": silent_for > limit,
+                    // Receive minus event time: delay plus the source's clock offset.
+                    "delay_ms": (s.delay_samples > 0).then(|| s.delay_last_us as f64 / 1e3),
+                    "delay_avg_ms": (s.delay_samples > 0).then(|| s.delay_avg_us as f64 / 1e3),
                 })
             })
             .collect();

@@ -941,6 +941,7 @@ PEK,1626155191.2,7,BICYCLE,CYCLIST,OTHERS,417000.5,4731000.25,0.1,1.8,0.6,1.5,-1
                             .all(|t| ["vehicle", "pedestrian", "bicycle"].contains(&t))
                     );
                 }
+                crate::message_index::TABLE => {}
                 other => panic!("rows in {other}"),
             }
         }

@@ -408,6 +408,8 @@ impl PartitionWriter {
             );
             let sort: &[&str] = if &**table == crate::quarantine::TABLE {
                 &["recv_ts"]
+            } else if &**table == crate::message_index::TABLE {
+                &["source_id", "recv_ts"]
             } else {
                 &["source_id", "event_ts"]
             };
