@@ -90,6 +90,10 @@ pub fn builtin_routes() -> Vec<RouteTemplate> {
         r("V2X/RSU/{source_id}/RSI/UP/{profile?}", "rsi_event"),
         r("V2X/RSU/{source_id}/BSM/UP/{profile?}", "bsm"),
         r("V2X/RSU/{source_id}/MAP/UP/{profile?}", "map_lane"),
+        r("V2X/RSU/{source_id}/PSM/UP/{profile?}", "psm"),
+        r("V2X/RSU/{source_id}/SSM/UP/{profile?}", "ssm_object"),
+        r("V2X/RSU/{source_id}/SDSM/UP/{profile?}", "ssm_object"),
+        r("V2X/RSU/{source_id}/VIR/UP/{profile?}", "vir"),
         // OpenV2X device status: the source comes from the payload.
         r("V2X/RSU/HB/UP", "device_status"),
         r("V2X/RSU/INFO/UP", "device_status"),
@@ -100,6 +104,9 @@ pub fn builtin_routes() -> Vec<RouteTemplate> {
         r("V2X/RADAR/{source_id}/TRACK/UP/{profile?}", "radar_target"),
         // Vehicles.
         r("V2X/OBU/{source_id}/BSM/UP/{profile?}", "bsm"),
+        r("V2X/OBU/{source_id}/PSM/UP/{profile?}", "psm"),
+        r("V2X/OBU/{source_id}/SSM/UP/{profile?}", "ssm_object"),
+        r("V2X/OBU/{source_id}/VIR/UP/{profile?}", "vir"),
         r("V2X/VEH/{source_id}/STATE/UP/{profile?}", "vehicle_state"),
         r(
             "V2X/VEH/{source_id}/OBJECTS/UP/{profile?}",
@@ -114,8 +121,12 @@ pub fn builtin_routes() -> Vec<RouteTemplate> {
         r("v2x/v1/rsu/{source_id}/rsi/up/{profile?}", "rsi_event"),
         r("v2x/v1/rsu/{source_id}/bsm/up/{profile?}", "bsm"),
         r("v2x/v1/rsu/{source_id}/map/up/{profile?}", "map_lane"),
+        r("v2x/v1/rsu/{source_id}/psm/up/{profile?}", "psm"),
+        r("v2x/v1/rsu/{source_id}/ssm/up/{profile?}", "ssm_object"),
+        r("v2x/v1/rsu/{source_id}/vir/up/{profile?}", "vir"),
         r("v2x/v1/rsu/{source_id}/hb/up/{profile?}", "device_status"),
         r("v2x/v1/obu/{source_id}/bsm/up/{profile?}", "bsm"),
+        r("v2x/v1/obu/{source_id}/psm/up/{profile?}", "psm"),
         r(
             "v2x/v1/radar/{source_id}/track/up/{profile?}",
             "radar_target",

@@ -850,3 +850,182 @@ fn every_filed_message_gets_an_index_row() {
     assert_eq!(sources["R1"].delay_last_us, 400_000);
     assert_eq!(sources["R2"].delay_samples, 0);
 }
+
+/// The `payload` of one of the tavern captures (they carry their publish topic beside it).
+fn tavern(name: &str) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_str(&shared(name)).unwrap();
+    (
+        v["publish_topic"].as_str().unwrap().to_string(),
+        v["payload"].to_string(),
+    )
+}
+
+#[test]
+fn ode_psm_in_the_minute_of_its_ode_receive_time() {
+    for file in ["usdot-jpo/valid.psm.json", "usdot-jpo/sample-psm.json"] {
+        let mut d = decoder();
+        let rows = filed(
+            &mut d,
+            "V2X/RSU/RSU01/PSM/UP",
+            &shared(file),
+            us("2026-12-01T00:00:00Z"),
+        );
+        assert_eq!(rows, 1, "{file}");
+        let b = table(&mut d, "psm");
+        assert_eq!(strs(&b, "profile")[0].as_deref(), Some("ode"));
+        assert_eq!(f64s(&b, "lat_deg")[0], Some(40.2397377));
+        assert_eq!(f64s(&b, "lon_deg")[0], Some(-74.2761437));
+        assert_eq!(f64s(&b, "speed_mps")[0], Some(0.0));
+        // 8898 x 0.0125 deg
+        assert_eq!(f64s(&b, "heading_deg")[0], Some(111.225));
+        assert_eq!(strs(&b, "basic_type")[0].as_deref(), Some("pedestrian"));
+        assert_eq!(strs(&b, "person_id")[0].as_deref(), Some("24779D7E"));
+        assert_eq!(i32s(&b, "msg_cnt")[0], Some(26));
+        // secMark 3564 in the minute of odeReceivedAt (23:41:08.681 / 15:30:14.926).
+        let want = if file.contains("valid") {
+            us("2025-01-15T23:41:03.564Z")
+        } else {
+            us("2023-09-21T15:30:03.564Z")
+        };
+        assert_eq!(ts(&b, "event_ts")[0], want, "{file}");
+    }
+}
+
+#[test]
+fn csae_psm_and_ssm_in_asn1_names() {
+    let mut d = decoder();
+    let recv = us("2026-12-01T08:00:30Z");
+    let psm = r#"{"msgCnt": 1, "id": "00000000000000AB", "secMark": 23100,
+      "pos": {"lat": 319353469, "long": 1188219331, "elevation": 100},
+      "posAccuracy": {"semiMajor": 40, "semiMinor": 30, "orientation": 0},
+      "speed": 70, "heading": 7200, "overallRadius": 5,
+      "non-motorData": {"basicType": 1, "propulsion": {"human": 2}, "clusterSize": 0, "personalReq": {"crossing": 1}}}"#;
+    assert_eq!(filed(&mut d, "V2X/RSU/R1/PSM/UP", psm, recv), 1);
+    let b = table(&mut d, "psm");
+    assert_eq!(f64s(&b, "lat_deg")[0], Some(31.9353469));
+    assert_eq!(f64s(&b, "speed_mps")[0], Some(1.4));
+    assert_eq!(f64s(&b, "heading_deg")[0], Some(90.0));
+    assert_eq!(f64s(&b, "accuracy_semi_major_m")[0], Some(2.0));
+    assert_eq!(f64s(&b, "radius_m")[0], Some(0.5));
+    assert_eq!(strs(&b, "propulsion")[0].as_deref(), Some("human"));
+    assert_eq!(strs(&b, "crossing_request")[0].as_deref(), Some("request"));
+    assert_eq!(ts(&b, "event_ts")[0], us("2026-12-01T08:00:23.100Z"));
+
+    let ssm = r#"{"msgCnt": 5, "id": "0000000000000001", "equipmentType": 1, "secMark": 12345,
+      "sensorPos": {"lat": 319348466, "long": 1188213963, "elevation": 100},
+      "participants": [{"ptc": {"ptcType": 1, "ptcId": 7, "source": 7, "secMark": 12300,
+          "pos": {"offsetLL": {"position-LL2": {"lon": 812, "lat": -455}}},
+          "speed": 500, "heading": 14400, "size": {"width": 180, "length": 460, "height": 30}},
+        "detectedPTCType": 3, "typeConfidence": 180, "tracking": 12}],
+      "obstacles": [{"obsType": 6, "obsId": 3, "source": 6, "secMark": 12300,
+        "pos": {"offsetLL": {"position-LatLon": {"lon": 1188214063, "lat": 319348506}}},
+        "speed": 0, "heading": 0, "size": {"width": 4, "length": 4, "height": 7}}]}"#;
+    assert_eq!(filed(&mut d, "V2X/RSU/R1/SSM/UP", ssm, recv), 2);
+    let b = table(&mut d, "ssm_object");
+    assert_eq!(
+        strs(&b, "object_class"),
+        vec![Some("participant".into()), Some("obstacle".into())]
+    );
+    assert_eq!(
+        strs(&b, "object_type"),
+        vec![Some("car".into()), Some("traffic_cone".into())]
+    );
+    assert_eq!(f64s(&b, "type_confidence")[0], Some(0.9));
+    // 31.9348466 - 0.0000455, 118.8213963 + 0.0000812
+    assert!((f64s(&b, "lat_deg")[0].unwrap() - 31.9348011).abs() < 1e-12);
+    assert!((f64s(&b, "lon_deg")[0].unwrap() - 118.8214775).abs() < 1e-12);
+    assert_eq!(f64s(&b, "lat_deg")[1], Some(31.9348506));
+    assert_eq!(f64s(&b, "speed_mps")[0], Some(10.0));
+    assert_eq!(f64s(&b, "width_m"), vec![Some(1.8), Some(0.4)]);
+    assert_eq!(f64s(&b, "height_m"), vec![Some(1.5), Some(0.7)]);
+    assert_eq!(strs(&b, "equipment_type")[0].as_deref(), Some("rsu"));
+    // About 4 m east and 5 m south of the sensor.
+    let east = f64s(&b, "east_m")[0].unwrap();
+    let north = f64s(&b, "north_m")[0].unwrap();
+    assert!(
+        (east - 7.67).abs() < 0.05 && (north + 5.05).abs() < 0.05,
+        "{east} {north}"
+    );
+}
+
+#[test]
+fn ode_sdsm_objects_at_their_offsets() {
+    let mut d = decoder();
+    let rows = filed(
+        &mut d,
+        "V2X/RSU/RSU01/SDSM/UP",
+        &shared("usdot-jpo/sample-sdsm.json"),
+        us("2026-12-01T00:00:00Z"),
+    );
+    assert_eq!(rows, 1);
+    let b = table(&mut d, "ssm_object");
+    assert_eq!(strs(&b, "profile")[0].as_deref(), Some("ode"));
+    assert_eq!(strs(&b, "object_class")[0].as_deref(), Some("vru"));
+    assert_eq!(i64s(&b, "object_id")[0], Some(8010));
+    assert_eq!(f64s(&b, "type_confidence")[0], Some(0.98));
+    assert_eq!(f64s(&b, "speed_mps")[0], Some(0.02));
+    assert_eq!(strs(&b, "sender_id")[0].as_deref(), Some("010C0C0A"));
+    // sDSMTimeStamp has only the year: the ODE's receive time.
+    assert_eq!(ts(&b, "event_ts")[0], us("2025-05-22T22:45:10.967Z"));
+    // refPos (42.3010070, -83.6987660) plus offsetX = offsetY = 1 (0.1 m east and north).
+    // By hand at lat0 = 42.301007 deg on WGS-84: M = 6364365.45 m, N = 6387829.29 m;
+    // lat = 42.301007 + 0.1 / M (rad) = 42.3010079003, lon = -83.698766 + 0.1 / (N cos lat0)
+    // = -83.6987647873.
+    assert_eq!(f64s(&b, "east_m")[0], Some(0.1));
+    assert!(
+        (f64s(&b, "lat_deg")[0].unwrap() - 42.3010079003).abs() < 1e-9,
+        "{:?}",
+        f64s(&b, "lat_deg")
+    );
+    assert!(
+        (f64s(&b, "lon_deg")[0].unwrap() + 83.6987647873).abs() < 1e-9,
+        "{:?}",
+        f64s(&b, "lon_deg")
+    );
+}
+
+#[test]
+fn vir_requests_from_the_openv2x_captures() {
+    let mut d = decoder();
+    let recv = us("2026-12-01T00:00:00Z");
+    for file in [
+        "openv2x-payloads/tavern_clc_payload.json",
+        "openv2x-payloads/tavern_dnp_payload.json",
+        "openv2x-payloads/tavern_sds_payload.json",
+    ] {
+        let (topic, payload) = tavern(file);
+        assert_eq!(filed(&mut d, &topic, &payload, recv), 1, "{file}");
+    }
+    let b = table(&mut d, "vir");
+    assert_eq!(strs(&b, "vehicle_id")[0].as_deref(), Some("39"));
+    assert_eq!(i32s(&b, "msg_cnt")[0], Some(2));
+    assert_eq!(ts(&b, "event_ts")[0], 1_653_016_893_400_000);
+    assert_eq!(f64s(&b, "lat_deg")[0], Some(31.9353469));
+    assert_eq!(f64s(&b, "elevation_m")[0], Some(10.0));
+    assert_eq!(
+        strs(&b, "current_behavior"),
+        vec![
+            Some("lane_change_right".into()),
+            Some("lane_change_left".into()),
+            None
+        ]
+    );
+    assert_eq!(
+        str_lists(&b, "req_type"),
+        vec![
+            Some(vec![Some("lane_change".into())]),
+            Some(vec![Some("retrograde".into())]),
+            Some(vec![Some("sensor_sharing".into())])
+        ]
+    );
+    assert_eq!(
+        str_lists(&b, "req_status")[0],
+        Some(vec![Some("confirmed".into())])
+    );
+    assert_eq!(i32_lists(&b, "req_target_lane")[1], Some(vec![Some(1)]));
+    assert_eq!(f64_lists(&b, "req_life_time_s")[2], Some(vec![Some(0.5)]));
+    assert_eq!(
+        str_lists(&b, "req_priority")[2],
+        Some(vec![Some("B11100000".into())])
+    );
+}

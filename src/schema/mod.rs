@@ -25,12 +25,14 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../schemas/radar_target.toml"),
     ),
     ("map_lane", include_str!("../../schemas/map_lane.toml")),
+    ("psm", include_str!("../../schemas/psm.toml")),
     ("rsi_event", include_str!("../../schemas/rsi_event.toml")),
     (
         "rsm_participant",
         include_str!("../../schemas/rsm_participant.toml"),
     ),
     ("spat_phase", include_str!("../../schemas/spat_phase.toml")),
+    ("ssm_object", include_str!("../../schemas/ssm_object.toml")),
     (
         "vehicle_object",
         include_str!("../../schemas/vehicle_object.toml"),
@@ -39,6 +41,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
         "vehicle_state",
         include_str!("../../schemas/vehicle_state.toml"),
     ),
+    ("vir", include_str!("../../schemas/vir.toml")),
 ];
 
 #[derive(Debug, thiserror::Error)]
