@@ -20,6 +20,11 @@ pub struct RouteTemplate {
     /// absent). Default `std`.
     #[serde(default)]
     pub profile: Option<String>,
+    /// Kinds that may also arrive on this topic: when `kind` cannot decode a message, the
+    /// first of these with a profile whose `detect` paths are all present decodes it (a
+    /// radar's track frame sent on its FLOW topic).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fallback_kinds: Vec<String>,
 }
 
 /// What a topic resolved to.
@@ -33,6 +38,8 @@ pub struct Route<'t> {
     /// The profile was named (by the topic or the route's `profile`), not defaulted: the
     /// decoder then does not look for another profile that fits better.
     pub profile_named: bool,
+    /// Kinds to try when `kind` cannot decode the message (see [`RouteTemplate`]).
+    pub fallback_kinds: &'t [String],
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -67,6 +74,7 @@ struct Compiled {
     kind: Option<String>,
     profile: String,
     profile_named: bool,
+    fallback_kinds: Vec<String>,
 }
 
 /// All templates, compiled once; matching does no allocation.
@@ -82,6 +90,12 @@ pub fn builtin_routes() -> Vec<RouteTemplate> {
         template: template.into(),
         kind: Some(kind.into()),
         profile: None,
+        fallback_kinds: Vec::new(),
+    };
+    // A radar feed topic on which some radars (or gateways) also send their track frames.
+    let radar = |template: &str, kind: &str| RouteTemplate {
+        fallback_kinds: vec!["radar_target".into()],
+        ..r(template, kind)
     };
     vec![
         // OpenV2X: V2X/RSU/{esn}/{RSM|RSI|SPAT}/UP[/VENDOR]
@@ -102,6 +116,10 @@ pub fn builtin_routes() -> Vec<RouteTemplate> {
         r("V2X/RSU/{source_id}/HB/UP/{profile?}", "device_status"),
         // Radar track frames.
         r("V2X/RADAR/{source_id}/TRACK/UP/{profile?}", "radar_target"),
+        radar("V2X/RADAR/{source_id}/CROSS/UP/{profile?}", "radar_pass"),
+        radar("V2X/RADAR/{source_id}/FLOW/UP/{profile?}", "radar_flow"),
+        radar("V2X/RADAR/{source_id}/STATUS/UP/{profile?}", "radar_queue"),
+        radar("V2X/RADAR/{source_id}/EVENT/UP/{profile?}", "radar_event"),
         // Vehicles.
         r("V2X/OBU/{source_id}/BSM/UP/{profile?}", "bsm"),
         r("V2X/OBU/{source_id}/PSM/UP/{profile?}", "psm"),
@@ -130,6 +148,16 @@ pub fn builtin_routes() -> Vec<RouteTemplate> {
         r(
             "v2x/v1/radar/{source_id}/track/up/{profile?}",
             "radar_target",
+        ),
+        radar("v2x/v1/radar/{source_id}/cross/up/{profile?}", "radar_pass"),
+        radar("v2x/v1/radar/{source_id}/flow/up/{profile?}", "radar_flow"),
+        radar(
+            "v2x/v1/radar/{source_id}/status/up/{profile?}",
+            "radar_queue",
+        ),
+        radar(
+            "v2x/v1/radar/{source_id}/event/up/{profile?}",
+            "radar_event",
         ),
         r(
             "v2x/v1/veh/{source_id}/state/up/{profile?}",
@@ -174,6 +202,7 @@ impl Router {
                 source_id: None,
                 profile: &c.profile,
                 profile_named: c.profile_named,
+                fallback_kinds: &c.fallback_kinds,
             };
             for (seg, part) in c.segments.iter().zip(parts) {
                 match seg {
@@ -301,6 +330,7 @@ fn compile(separator: &str, t: &RouteTemplate) -> Result<Compiled, TemplateError
         kind: t.kind.clone(),
         profile: t.profile.clone().unwrap_or_else(|| "std".into()),
         profile_named: t.profile.is_some(),
+        fallback_kinds: t.fallback_kinds.clone(),
     })
 }
 
@@ -379,6 +409,7 @@ mod tests {
             template: "v2x.{kind}.{source_id}".into(),
             kind: None,
             profile: Some("float".into()),
+            fallback_kinds: Vec::new(),
         };
         let r = Router::new(".", &[t]).unwrap();
         let got = r.route("v2x.bsm.car-7").unwrap();
@@ -397,6 +428,7 @@ mod tests {
             template: "fleet/{source_id}/bsm".into(),
             kind: Some("bsm".into()),
             profile: None,
+            fallback_kinds: Vec::new(),
         };
         let r = Router::new("/", &[t]).unwrap();
         assert!(
@@ -411,6 +443,7 @@ mod tests {
             template: t.into(),
             kind: Some("bsm".into()),
             profile: None,
+            fallback_kinds: Vec::new(),
         };
         assert!(Router::new("/", &[bad("a/{x?}/b")]).is_err());
         assert!(Router::new("/", &[bad("a/+/b")]).is_err());
@@ -418,6 +451,7 @@ mod tests {
             template: "a/{source_id}".into(),
             kind: None,
             profile: None,
+            fallback_kinds: Vec::new(),
         };
         assert!(Router::new("/", &[no_kind]).is_err());
     }

@@ -153,7 +153,8 @@ fn check_everything(data: &std::path::Path) {
     let at = (0..radar.num_rows())
         .find(|&i| ts[i] == us("2022-09-29T03:50:15Z") && ids[i] == Some(6972))
         .expect("target 6972 of the first frame");
-    assert_eq!(col_f64(&radar, "speed_mps")[at], Some(-16.846336));
+    // The radar sends km/h: -16.846336 km/h.
+    assert_eq!(col_f64(&radar, "speed_mps")[at], Some(-16.846336 / 3.6));
     assert_eq!(col_f64(&radar, "heading_deg")[at], Some(176.29486));
     assert_eq!(col_f64(&radar, "lat_deg")[at], Some(39.074097759970506));
     assert_eq!(col_i64(&radar, "rcs")[at], Some(3234884272));

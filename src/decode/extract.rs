@@ -265,6 +265,9 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_, 'de> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
         let NodeSeed { node, records } = self;
         if let Some(list) = &node.list {
+            if let Some(slot) = node.leaf {
+                records.set(slot, Scalar::Object);
+            }
             records.rows_list_seen |= list.rows_outer;
             if let Some(seen) = list.seen {
                 records.set(seen, Scalar::Bool(true));
@@ -302,6 +305,12 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_, 'de> {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
         let NodeSeed { node, records } = self;
+        if let Some(slot) = node.leaf
+            && (node.list.is_some() || !node.children.is_empty())
+        {
+            // Present (a detect path naming a list that is also read below).
+            records.set(slot, Scalar::Array);
+        }
         if let Some(list) = &node.list {
             records.rows_list_seen |= list.rows_outer;
             if let Some(seen) = list.seen {
@@ -323,6 +332,26 @@ impl<'de> Visitor<'de> for NodeSeed<'_, '_, 'de> {
             }
             while seq.next_element::<IgnoredAny>()?.is_some() {}
             return Ok(());
+        }
+        if node.children.iter().any(|(k, _)| k.starts_with('[')) {
+            // Elements read by position (`coordinates[1]`).
+            let mut i = 0usize;
+            loop {
+                let key = format!("[{i}]");
+                let found = match node.children.iter().find(|(k, _)| **k == *key) {
+                    Some((_, child)) => seq
+                        .next_element_seed(NodeSeed {
+                            node: child,
+                            records: &mut *records,
+                        })?
+                        .is_some(),
+                    None => seq.next_element::<IgnoredAny>()?.is_some(),
+                };
+                if !found {
+                    return Ok(());
+                }
+                i += 1;
+            }
         }
         // A list where an object belongs: accept exactly one element.
         let mut count = 0usize;
@@ -363,7 +392,12 @@ impl Visitor<'_> for KeySeed<'_> {
     }
 
     fn visit_str<E>(self, v: &str) -> Result<Option<usize>, E> {
-        Ok(self.node.children.iter().position(|(k, _)| k.as_ref() == v))
+        // `[N]` children are list positions, never object keys.
+        Ok(self
+            .node
+            .children
+            .iter()
+            .position(|(k, _)| k.as_ref() == v && !k.starts_with('[')))
     }
 }
 

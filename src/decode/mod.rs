@@ -602,8 +602,14 @@ impl Decoder {
             }
         };
         match self.kind_index.get(route.kind).copied() {
-            Some(k) if route.profile_named => self.decode_as(k, route.profile, route.source_id, m),
-            Some(k) => self.decode_detecting(k, route.profile, route.source_id, m),
+            Some(k) => self.decode_with(
+                k,
+                route.profile,
+                !route.profile_named,
+                route.fallback_kinds,
+                route.source_id,
+                m,
+            ),
             None => {
                 let r = Rejection::new(
                     Reason::UnknownKind,
@@ -622,7 +628,7 @@ impl Decoder {
         topic_source: Option<&str>,
         m: &Raw,
     ) -> Outcome {
-        self.decode_with(kind, profile, false, topic_source, m)
+        self.decode_with(kind, profile, false, &[], topic_source, m)
     }
 
     /// As [`Decoder::decode_as`] for a profile nobody named (the route's default): when it
@@ -635,7 +641,7 @@ impl Decoder {
         topic_source: Option<&str>,
         m: &Raw,
     ) -> Outcome {
-        self.decode_with(kind, profile, true, topic_source, m)
+        self.decode_with(kind, profile, true, &[], topic_source, m)
     }
 
     fn decode_with(
@@ -643,9 +649,11 @@ impl Decoder {
         kind: usize,
         profile: &str,
         detect: bool,
+        fallback_kinds: &[String],
         topic_source: Option<&str>,
         m: &Raw,
     ) -> Outcome {
+        let mut kind = kind;
         let body = m.payload.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(m.payload);
         let repaired: String;
         let mut body = body;
@@ -665,6 +673,21 @@ impl Decoder {
             && let Some(other) = self.detect_profile(kind, profile, body)
         {
             staged = self.stage(kind, other, topic_source, body, m.recv_us);
+        }
+        // Another kind that the route says may arrive here, when its shape is detected.
+        if let Err(r) = &staged
+            && r.reason != Reason::InvalidJson
+        {
+            let other = fallback_kinds.iter().find_map(|name| {
+                let k = *self.kind_index.get(name)?;
+                Some((k, self.detect_profile(k, "", body)?))
+            });
+            if let Some((k, p)) = other
+                && let Ok(s) = self.stage(k, p, topic_source, body, m.recv_us)
+            {
+                kind = k;
+                staged = Ok(s);
+            }
         }
         match staged {
             Err(r) => self.reject(m, Some(kind), topic_source, r),

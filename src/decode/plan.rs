@@ -405,6 +405,7 @@ fn walk_mut<'n>(
 }
 
 /// Splits `a.b[].c` into `[("a", false), ("b", true), ("c", false)]`; `[]` alone is the root.
+/// `name[N]` reads element N of a list (`geometry.coordinates[1]`): a child named `[N]`.
 fn split_path(path: &str) -> Option<Vec<(String, bool)>> {
     let mut out = Vec::new();
     for (i, part) in path.split('.').enumerate() {
@@ -412,13 +413,27 @@ fn split_path(path: &str) -> Option<Vec<(String, bool)>> {
             Some(n) => (n, true),
             None => (part, false),
         };
+        let (name, index) = match name.strip_suffix(']').and_then(|n| n.split_once('[')) {
+            Some((n, digits))
+                if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                (n, Some(digits.parse::<u32>().ok()?))
+            }
+            _ => (name, None),
+        };
         if name.is_empty() && !(is_list && i == 0) {
             return None;
         }
         if name.contains(['[', ']', '#']) {
             return None;
         }
-        out.push((name.to_string(), is_list));
+        match index {
+            Some(n) => {
+                out.push((name.to_string(), false));
+                out.push((format!("[{n}]"), is_list));
+            }
+            None => out.push((name.to_string(), is_list)),
+        }
     }
     (!out.is_empty()).then_some(out)
 }
@@ -691,10 +706,12 @@ fn column_plan(
         source,
         collect,
         scale: def.scale,
-        divisor: def.scale.and_then(|s| {
-            let d = 1.0 / s;
-            (s != 0.0 && d.is_finite() && (d - d.round()).abs() < 1e-9 && d.round() > 1.0)
-                .then(|| d.round())
+        divisor: def.divide.or_else(|| {
+            def.scale.and_then(|s| {
+                let d = 1.0 / s;
+                (s != 0.0 && d.is_finite() && (d - d.round()).abs() < 1e-9 && d.round() > 1.0)
+                    .then(|| d.round())
+            })
         }),
         offset: def.offset,
         unavailable: def.unavailable,
@@ -726,6 +743,14 @@ mod tests {
     fn split_rejects_garbage() {
         assert!(split_path("a..b").is_none());
         assert!(split_path("a.[]").is_none());
-        assert!(split_path("a[0]").is_none());
+        assert!(split_path("a[x]").is_none());
+        assert_eq!(
+            split_path("g.coordinates[1]").unwrap(),
+            vec![
+                ("g".to_string(), false),
+                ("coordinates".to_string(), false),
+                ("[1]".to_string(), false)
+            ]
+        );
     }
 }

@@ -4,6 +4,7 @@ use super::*;
 use crate::route::builtin_routes;
 use arrow::array::{Array, AsArray};
 use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
+use std::collections::HashMap;
 
 fn shared(path: &str) -> String {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -38,6 +39,26 @@ fn table(d: &mut Decoder, name: &str) -> RecordBatch {
         .collect();
     assert!(!batches.is_empty(), "no rows in {name}");
     arrow::compute::concat_batches(&batches[0].schema(), &batches).unwrap()
+}
+
+/// Every table's rows, concatenated across hours.
+fn tables(d: &mut Decoder) -> HashMap<String, RecordBatch> {
+    let mut by_table: HashMap<String, Vec<RecordBatch>> = HashMap::new();
+    for b in d.take_batches() {
+        by_table
+            .entry(b.table.to_string())
+            .or_default()
+            .push(b.batch);
+    }
+    by_table
+        .into_iter()
+        .map(|(t, bs)| {
+            (
+                t,
+                arrow::compute::concat_batches(&bs[0].schema(), &bs).unwrap(),
+            )
+        })
+        .collect()
 }
 
 fn f64s(b: &RecordBatch, col: &str) -> Vec<Option<f64>> {
@@ -201,7 +222,8 @@ fn radar_frame_with_string_epoch_and_huge_rcs() {
     assert_eq!(ts(&b, "event_ts")[0], us("2022-09-29T03:50:15Z"));
     assert_eq!(i64s(&b, "target_id")[0], Some(7286));
     assert_eq!(i64s(&b, "rcs")[0], Some(3214468640));
-    assert_eq!(f64s(&b, "speed_mps")[1], Some(-16.846336));
+    // The radar sends km/h.
+    assert_eq!(f64s(&b, "speed_mps")[1], Some(-16.846336 / 3.6));
     assert_eq!(f64s(&b, "heading_deg")[0], Some(173.09998));
     assert_eq!(i32s(&b, "lane_no")[0], Some(2));
     assert_eq!(i64s(&b, "frame_number")[0], Some(29));
@@ -1028,4 +1050,246 @@ fn vir_requests_from_the_openv2x_captures() {
         str_lists(&b, "req_priority")[2],
         Some(vec![Some("B11100000".into())])
     );
+}
+
+#[test]
+fn ode_and_processed_bsm() {
+    let mut d = decoder();
+    let recv = us("2026-12-01T00:00:00Z");
+    // On the plain OBU topic: the default profile cannot read it, detection finds `ode`.
+    assert_eq!(
+        filed(
+            &mut d,
+            "V2X/OBU/12A7A951/BSM/UP",
+            &shared("usdot-jpo/valid.bsm.json"),
+            recv
+        ),
+        1
+    );
+    let b = table(&mut d, "bsm");
+    assert_eq!(strs(&b, "profile")[0].as_deref(), Some("ode"));
+    assert_eq!(f64s(&b, "speed_mps")[0], Some(0.0));
+    assert_eq!(f64s(&b, "heading_deg")[0], Some(359.4));
+    assert_eq!(f64s(&b, "lat_deg")[0], Some(40.5671913));
+    assert_eq!(f64s(&b, "elevation_m")[0], Some(1505.9));
+    assert_eq!(
+        f64s(&b, "accel_lat_mps2")[0],
+        None,
+        "2001 passes through as unavailable"
+    );
+    assert_eq!(
+        f64s(&b, "accel_vert_mps2")[0],
+        None,
+        "-127 passes through as unavailable"
+    );
+    assert_eq!(f64s(&b, "accel_long_mps2")[0], Some(0.0));
+    assert_eq!(f64s(&b, "width_m")[0], Some(2.08));
+    assert_eq!(f64s(&b, "length_m")[0], Some(5.86));
+    assert_eq!(strs(&b, "transmission")[0].as_deref(), Some("unavailable"));
+    assert_eq!(i32s(&b, "msg_cnt")[0], Some(25));
+    // secMark 2800 in the minute of odeReceivedAt 12:32:03.811.
+    assert_eq!(ts(&b, "event_ts")[0], us("2024-08-12T12:32:02.800Z"));
+    // The same message through jpo-geojsonconverter; named by the topic's profile segment.
+    let processed = shared("usdot-jpo/sample.processed-bsm.json");
+    assert_eq!(
+        filed(
+            &mut d,
+            "V2X/OBU/12A7A951/BSM/UP/PROCESSED",
+            &processed,
+            recv
+        ),
+        1
+    );
+    let b = table(&mut d, "bsm");
+    assert_eq!(strs(&b, "profile")[0].as_deref(), Some("PROCESSED"));
+    assert_eq!(f64s(&b, "lat_deg")[0], Some(40.5671913));
+    assert_eq!(f64s(&b, "lon_deg")[0], Some(-105.0342901));
+    assert_eq!(f64s(&b, "heading_deg")[0], Some(359.4));
+    assert_eq!(ts(&b, "event_ts")[0], us("2024-08-12T12:32:04.303409Z"));
+    // And detected without the segment.
+    assert_eq!(
+        filed(&mut d, "V2X/OBU/12A7A951/BSM/UP", &processed, recv),
+        1
+    );
+    let b = table(&mut d, "bsm");
+    assert_eq!(strs(&b, "profile")[0].as_deref(), Some("processed"));
+}
+
+#[test]
+fn ode_spat_timemarks_become_countdowns() {
+    let mut d = decoder();
+    let rows = filed(
+        &mut d,
+        "V2X/RSU/RSU12111/SPAT/UP",
+        &shared("usdot-jpo/valid.spat.json"),
+        us("2026-12-01T00:00:00Z"),
+    );
+    assert_eq!(rows, 6);
+    let b = table(&mut d, "spat_phase");
+    assert_eq!(strs(&b, "profile")[0].as_deref(), Some("ode"));
+    assert_eq!(i32s(&b, "intersection_id")[0], Some(12111));
+    // timeStamp 35176 ms in the minute of odeReceivedAt (23:02:53.824), moy null.
+    assert_eq!(ts(&b, "event_ts")[0], us("2022-10-18T23:02:35.176Z"));
+    assert_eq!(
+        i32s(&b, "phase_id"),
+        vec![Some(2), Some(4), Some(6), Some(8), Some(1), Some(5)]
+    );
+    assert_eq!(strs(&b, "light")[0].as_deref(), Some("protected_green"));
+    assert_eq!(strs(&b, "light")[1].as_deref(), Some("red"));
+    assert_eq!(strs(&b, "color")[0].as_deref(), Some("green"));
+    assert_eq!(strs(&b, "color")[1].as_deref(), Some("red"));
+    assert_eq!(
+        strs(&b, "intersection_status")[0].as_deref(),
+        Some("manual_control")
+    );
+    // minEndTime 22181 tenths = 36:58.1 into the hour; from 02:35.176 that is 2062.924 s.
+    let min_end = f64s(&b, "min_end_time_s")[1].unwrap();
+    assert!((min_end - 2062.924).abs() < 1e-6, "{min_end}");
+    assert_eq!(f64s(&b, "likely_end_time_s")[1], None);
+}
+
+#[test]
+fn processed_spat_times_are_countdowns_from_utc_timestamp() {
+    let mut d = decoder();
+    let rows = filed(
+        &mut d,
+        "V2X/RSU/RSU12110/SPAT/UP",
+        &shared("usdot-jpo/sample.processed-spat.json"),
+        us("2026-12-01T00:00:00Z"),
+    );
+    assert_eq!(rows, 8);
+    let b = table(&mut d, "spat_phase");
+    assert_eq!(strs(&b, "profile")[0].as_deref(), Some("processed"));
+    assert_eq!(i32s(&b, "intersection_id")[0], Some(12110));
+    assert_eq!(ts(&b, "event_ts")[0], us("2022-11-17T22:55:28.744Z"));
+    assert_eq!(strs(&b, "light")[6].as_deref(), Some("protected_green"));
+    // That sample's converter put the ends in the previous hour (22:03:48.1 against
+    // 22:55:28.744): kept as the negative countdown it is, -3100.644 s.
+    let end = f64s(&b, "min_end_time_s")[0].unwrap();
+    assert!((end + 3100.644).abs() < 1e-6, "{end}");
+    assert_eq!(f64s(&b, "start_time_s")[0], None);
+}
+
+#[test]
+fn csae_and_j2735_light_numbers_differ() {
+    let mut d = decoder();
+    let recv = us("2026-12-01T08:00:30Z");
+    let csae = r#"{"intersections": [{"intersectionId": {"region": 1, "id": 7}, "timeStamp": 30000,
+      "phases": [{"id": 1, "phaseStates": [{"light": 8}, {"light": 4}, {"light": 7}]}]}]}"#;
+    assert_eq!(filed(&mut d, "V2X/RSU/R7/SPAT/UP", csae, recv), 3);
+    let b = table(&mut d, "spat_phase");
+    assert_eq!(
+        strs(&b, "light"),
+        vec![
+            Some("flashing_yellow".into()),
+            Some("flashing_green".into()),
+            Some("yellow".into())
+        ]
+    );
+    assert_eq!(
+        strs(&b, "color"),
+        vec![
+            Some("yellow".into()),
+            Some("green".into()),
+            Some("yellow".into())
+        ]
+    );
+    // The same numbers in J2735 (the ODE also sends names): 8 protected clearance, 4
+    // pre-movement, 7 permissive clearance.
+    let j2735 = r#"{"metadata": {"odeReceivedAt": "2026-12-01T08:00:30Z"}, "payload": {"data": {
+      "intersectionStateList": {"intersectionStatelist": [{"id": {"region": 1, "id": 7}, "timeStamp": 30000,
+        "states": {"movementList": [{"signalGroup": 1, "state_time_speed": {"movementEventList": [
+          {"eventState": 8}, {"eventState": 4}, {"eventState": "PERMISSIVE_CLEARANCE"}]}}]}}]}}}}"#;
+    assert_eq!(filed(&mut d, "V2X/RSU/R7/SPAT/UP", j2735, recv), 3);
+    let b = table(&mut d, "spat_phase");
+    assert_eq!(
+        strs(&b, "light"),
+        vec![
+            Some("protected_yellow".into()),
+            Some("red_yellow".into()),
+            Some("permissive_yellow".into())
+        ]
+    );
+    assert_eq!(
+        strs(&b, "color"),
+        vec![
+            Some("yellow".into()),
+            Some("red".into()),
+            Some("yellow".into())
+        ]
+    );
+}
+
+/// Every element of a JSON array capture (BOM allowed), as payload texts.
+fn array(name: &str) -> Vec<String> {
+    let text = shared(name);
+    let v: Vec<serde_json::Value> =
+        serde_json::from_str(text.trim_start_matches('\u{feff}')).unwrap();
+    v.into_iter().map(|x| x.to_string()).collect()
+}
+
+#[test]
+fn radar_feeds_from_the_capture() {
+    let mut d = decoder();
+    let recv = us("2026-12-01T00:00:00Z");
+    let mut rows = HashMap::new();
+    for (feed, kind) in [
+        ("cross", "radar_pass"),
+        ("flow", "radar_flow"),
+        ("status", "radar_queue"),
+        ("event", "radar_event"),
+    ] {
+        let topic = format!("V2X/RADAR/N22W75HMBLD/{}/UP", feed.to_uppercase());
+        let mut n = 0;
+        for p in array(&format!("openv2x-radar/{feed}.json")) {
+            n += filed(&mut d, &topic, &p, recv);
+        }
+        rows.insert(kind, n);
+    }
+    let mut tables = tables(&mut d);
+    let flow = tables.remove("radar_flow").unwrap();
+    // The first FLOW message (timeStamp 1664422806000): lane 2 counted 2 small vehicles at
+    // 2 km/h.
+    let t0 = 1_664_422_806_000_000;
+    let at = (0..flow.num_rows())
+        .find(|&i| ts(&flow, "event_ts")[i] == t0 && i32s(&flow, "lane_no")[i] == Some(2))
+        .unwrap();
+    assert_eq!(i32s(&flow, "flow_small")[at], Some(2));
+    assert_eq!(i32s(&flow, "flow_large")[at], Some(0));
+    assert_eq!(i32s(&flow, "flow_right")[at], Some(10));
+    assert_eq!(f64s(&flow, "avg_speed_mps")[at], Some(2.0 / 3.6));
+    assert_eq!(f64s(&flow, "avg_length_m")[at], Some(4.5));
+    assert_eq!(rows["radar_flow"], flow.num_rows());
+    let queue = tables.remove("radar_queue").unwrap();
+    assert_eq!(rows["radar_queue"], queue.num_rows());
+    assert!(queue.num_rows() >= 500);
+    let pass = tables.remove("radar_pass").unwrap();
+    assert_eq!(rows["radar_pass"], pass.num_rows());
+    assert_eq!(strs(&pass, "vehicle_type")[0].as_deref(), Some("small"));
+    let event = tables.remove("radar_event").unwrap();
+    assert_eq!(event.num_rows(), 500);
+    assert_eq!(
+        strs(&event, "event_type")[0].as_deref(),
+        Some("queue_over_limit")
+    );
+    assert_eq!(f64s(&event, "lat_deg")[0], Some(39.073168317));
+}
+
+#[test]
+fn a_track_frame_on_the_flow_topic_is_filed_as_radar_targets() {
+    let mut d = decoder();
+    let (topic, payload) = tavern("openv2x-payloads/tavern_mwr_payload.json");
+    assert_eq!(topic, "V2X/RADAR/R328328/FLOW/UP");
+    assert_eq!(
+        filed(&mut d, &topic, &payload, us("2026-12-01T00:00:00Z")),
+        3
+    );
+    let b = table(&mut d, "radar_target");
+    assert_eq!(strs(&b, "profile")[0].as_deref(), Some("eroad"));
+    assert_eq!(strs(&b, "source_id")[0].as_deref(), Some("R328328"));
+    assert_eq!(strs(&b, "device_id")[0].as_deref(), Some("N6W107HMBLD"));
+    assert_eq!(i64s(&b, "target_id")[0], Some(26219));
+    assert_eq!(f64s(&b, "speed_mps")[0], Some(-23.999228 / 3.6));
+    // report_time 2022-10-31 15:39:22 Beijing time.
+    assert_eq!(ts(&b, "event_ts")[0], us("2022-10-31T07:39:22Z"));
 }

@@ -311,7 +311,7 @@ fn conversion(def: &FieldDef, divisor: Option<f64>, unit: &str) -> String {
         Some(o) => steps.push(format!("+ {o}")),
         None => {}
     }
-    let numeric = def.scale.is_some() || def.offset.is_some();
+    let numeric = def.scale.is_some() || def.divide.is_some() || def.offset.is_some();
     let mut text = steps.join(", ");
     if numeric && !unit.is_empty() {
         text.push_str(&format!(" → {unit}"));

@@ -21,6 +21,16 @@ pub const BUILTIN: &[(&str, &str)] = &[
         include_str!("../../schemas/device_status.toml"),
     ),
     (
+        "radar_event",
+        include_str!("../../schemas/radar_event.toml"),
+    ),
+    ("radar_flow", include_str!("../../schemas/radar_flow.toml")),
+    ("radar_pass", include_str!("../../schemas/radar_pass.toml")),
+    (
+        "radar_queue",
+        include_str!("../../schemas/radar_queue.toml"),
+    ),
+    (
         "radar_target",
         include_str!("../../schemas/radar_target.toml"),
     ),
@@ -194,6 +204,9 @@ pub struct FieldDef {
     /// Multiply the raw number (integer units to SI).
     #[serde(default)]
     pub scale: Option<f64>,
+    /// Divide the raw number (km/h to m/s: `divide = 3.6`); exclusive with `scale`.
+    #[serde(default)]
+    pub divide: Option<f64>,
     /// Added after scaling.
     #[serde(default)]
     pub offset: Option<f64>,

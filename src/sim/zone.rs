@@ -351,7 +351,8 @@ fn radar(rsu: &Rsu, seen: &[(&Participant, f64, f64, f64)], now_ms: i64) -> SimM
         .map(|(p, lat, lon, heading)| {
             json!({
                 "targetId": p.id, "targetType": 3, "latitude": lat, "longitude": lon,
-                "speed": -p.speed, "headingAngle": heading, "acceleration": 0.0, "laneNo": p.lane,
+                // km/h, as the real radar sends it.
+                "speed": -p.speed * 3.6, "headingAngle": heading, "acceleration": 0.0, "laneNo": p.lane,
                 "targetLength": p.size.1, "targetWidth": p.size.0, "targetHeight": p.size.2,
                 "confidenceLevel": 100, "rcs": 3_214_468_640u64, "height": 0.0
             })
