@@ -34,7 +34,7 @@ impl Origin {
     }
 
     /// The point `east`, `north` metres from the origin.
-    pub fn from_metres(&self, east: f64, north: f64) -> Point {
+    pub fn at_metres(&self, east: f64, north: f64) -> Point {
         let s = east.hypot(north);
         let (lat, lon) = if s == 0.0 {
             (self.lat, self.lon)
@@ -51,7 +51,7 @@ impl Origin {
     }
 
     /// The point at `lat`, `lon`, with its offset from the origin.
-    pub fn from_degrees(&self, lat: f64, lon: f64) -> Point {
+    pub fn at_degrees(&self, lat: f64, lon: f64) -> Point {
         let (s, azimuth, _, _): (f64, f64, f64, f64) =
             self.geodesic.inverse(self.lat, self.lon, lat, lon);
         let azimuth = azimuth.to_radians();
@@ -87,7 +87,7 @@ impl<'o> Chain<'o> {
     }
 
     pub fn absolute(&mut self, lat: f64, lon: f64) -> Point {
-        let p = self.origin.from_degrees(lat, lon);
+        let p = self.origin.at_degrees(lat, lon);
         self.keep(p)
     }
 
@@ -96,7 +96,7 @@ impl<'o> Chain<'o> {
             (true, Some(prev)) => (prev.east, prev.north),
             _ => (0.0, 0.0),
         };
-        let p = self.origin.from_metres(e0 + east, n0 + north);
+        let p = self.origin.at_metres(e0 + east, n0 + north);
         self.keep(p)
     }
 
@@ -105,7 +105,7 @@ impl<'o> Chain<'o> {
             (true, Some(prev)) => (prev.lat, prev.lon),
             _ => (self.origin.lat, self.origin.lon),
         };
-        let p = self.origin.from_degrees(lat0 + dlat, lon0 + dlon);
+        let p = self.origin.at_degrees(lat0 + dlat, lon0 + dlon);
         self.keep(p)
     }
 }
@@ -117,11 +117,11 @@ mod tests {
     #[test]
     fn metres_and_degrees_round_trip() {
         let o = Origin::new(39.5952649, -105.0914122);
-        let p = o.from_metres(22.25, 8.08);
-        let back = o.from_degrees(p.lat, p.lon);
+        let p = o.at_metres(22.25, 8.08);
+        let back = o.at_degrees(p.lat, p.lon);
         assert!((back.east - 22.25).abs() < 1e-6, "{back:?}");
         assert!((back.north - 8.08).abs() < 1e-6, "{back:?}");
-        assert_eq!(o.from_metres(0.0, 0.0).lat, 39.5952649);
+        assert_eq!(o.at_metres(0.0, 0.0).lat, 39.5952649);
     }
 
     #[test]

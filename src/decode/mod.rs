@@ -1258,6 +1258,9 @@ fn level_and<'l>(col: &ColumnPlan, lineage: &'l [u32]) -> Option<(u8, &'l [u32])
     col.collect.map(|level| (level, lineage))
 }
 
+/// The names set at a row or list element (`None`: the value is absent).
+type NamesAt<'f> = dyn Fn(At<'_>) -> Result<Option<Vec<Arc<str>>>, Rejection> + 'f;
+
 /// A column of names (flags, a choice, bits): a list of names, their join, or one join per
 /// element of a list.
 fn named_cell<'de>(
@@ -1265,7 +1268,7 @@ fn named_cell<'de>(
     records: &Records<'de>,
     collect: Option<(u8, &[u32])>,
     at: At<'_>,
-    names: &dyn Fn(At<'_>) -> Result<Option<Vec<Arc<str>>>, Rejection>,
+    names: &NamesAt,
 ) -> Result<Cell<'de>, Rejection> {
     match collect {
         Some((level, lineage)) => {

@@ -1293,3 +1293,59 @@ fn a_track_frame_on_the_flow_topic_is_filed_as_radar_targets() {
     // report_time 2022-10-31 15:39:22 Beijing time.
     assert_eq!(ts(&b, "event_ts")[0], us("2022-10-31T07:39:22Z"));
 }
+
+/// Every message of every capture in `../shared/data`, on the topic its device uses.
+pub(crate) fn every_capture() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (feed, n) in [
+        ("track", 500),
+        ("cross", 500),
+        ("flow", 26),
+        ("status", 500),
+        ("event", 500),
+    ] {
+        let topic = format!("V2X/RADAR/N22W75HMBLD/{}/UP", feed.to_uppercase());
+        let payloads = array(&format!("openv2x-radar/{feed}.json"));
+        assert_eq!(payloads.len(), n, "{feed}");
+        out.extend(payloads.into_iter().map(|p| (topic.clone(), p)));
+    }
+    for line in shared("openv2x-payloads/derived_rsm_std_payloads.ndjson").lines() {
+        out.push(("V2X/RSU/R328328/RSM/UP".into(), line.to_string()));
+    }
+    for name in ["clc", "dnp", "mwr", "rsi", "rsm", "sds"] {
+        out.push(tavern(&format!(
+            "openv2x-payloads/tavern_{name}_payload.json"
+        )));
+    }
+    for (file, topic) in [
+        ("valid.bsm.json", "V2X/OBU/12A7A951/BSM/UP"),
+        ("sample.processed-bsm.json", "V2X/OBU/12A7A951/BSM/UP"),
+        ("valid.spat.json", "V2X/RSU/RSU12111/SPAT/UP"),
+        ("sample.processed-spat.json", "V2X/RSU/RSU12110/SPAT/UP"),
+        ("valid.map.json", "V2X/RSU/RSU12110/MAP/UP"),
+        ("valid.psm.json", "V2X/RSU/RSU12110/PSM/UP"),
+        ("sample-psm.json", "V2X/RSU/RSU12110/PSM/UP"),
+        ("sample-sdsm.json", "V2X/RSU/RSU12110/SDSM/UP"),
+    ] {
+        out.push((topic.to_string(), shared(&format!("usdot-jpo/{file}"))));
+    }
+    out
+}
+
+#[test]
+fn every_message_of_every_capture_is_filed() {
+    let mut d = decoder();
+    let all = every_capture();
+    assert_eq!(all.len(), 2049);
+    let recv = us("2026-12-01T00:00:00Z");
+    let mut quarantined = Vec::new();
+    for (topic, payload) in &all {
+        if let Outcome::Quarantined(r) = d.decode(topic, payload.as_bytes(), recv) {
+            quarantined.push(format!("{topic}: {r}"));
+        }
+    }
+    assert!(quarantined.is_empty(), "{quarantined:?}");
+    let tables = tables(&mut d);
+    assert_eq!(tables[crate::message_index::TABLE].num_rows(), 2049);
+    assert!(!tables.contains_key(crate::quarantine::TABLE));
+}

@@ -48,7 +48,43 @@ fn render(out: &mut String, kinds: &[&KindSchema], unit: TimestampUnit) -> fmt::
     for s in kinds {
         kind(out, s, unit)?;
     }
-    Ok(())
+    message_index(out)
+}
+
+/// The `_messages` table, which every kind's messages share.
+fn message_index(out: &mut String) -> fmt::Result {
+    let table = crate::message_index::TABLE;
+    writeln!(out, "## {table}")?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "One row per filed message, whatever its kind: `<data>/{table}/date=YYYY-MM-DD/hour=HH/` \
+         by **receive** time, sorted by (`source_id`, `recv_ts`); `query` calls it `messages`. \
+         A message that gave no rows (an RSM that saw nobody) is here with `rows = 0`, so \
+         \"nothing seen\" and \"nothing sent\" can be told apart; `delay_ms` gives each \
+         source's delay and clock skew. Quarantined messages are in `_quarantine` instead."
+    )?;
+    writeln!(out)?;
+    writeln!(out, "| # | column | Arrow type | nullable | doc |")?;
+    writeln!(out, "|--:|---|---|---|---|")?;
+    let schema = crate::message_index::schema();
+    for (i, field) in schema.fields().iter().enumerate() {
+        let (arrow_ty, _) = type_names(field.data_type());
+        let doc = crate::message_index::COLUMNS
+            .iter()
+            .find(|(n, _)| *n == field.name().as_str())
+            .map(|(_, d)| *d)
+            .unwrap_or_default();
+        let number = (i + 1).to_string();
+        let name = format!("`{}`", field.name());
+        let nullable = if field.is_nullable() { "yes" } else { "no" };
+        writeln!(
+            out,
+            "{}",
+            table_row(&[&number, &name, &arrow_ty, nullable, &cell(doc)])
+        )?;
+    }
+    writeln!(out)
 }
 
 fn intro(out: &mut String, kinds: &[&KindSchema], unit: TimestampUnit) -> fmt::Result {
@@ -94,6 +130,20 @@ fn intro(out: &mut String, kinds: &[&KindSchema], unit: TimestampUnit) -> fmt::R
          adds after that. Blank: the value is taken as sent.",
         "- **Unavailable**: raw values (before conversion) that mean \"not available\" and \
          become null.",
+        "- **Lists**: a `List(...)` column holds one element per element of a list inside the \
+         row (a lane's nodes, its connections); its source path runs through that list. An \
+         absent list is null, an empty one `[]`.",
+        "- **Positions** given as offsets from a reference point (J2735 MAP node offsets in cm, \
+         SDSM object offsets in 0.1 m, CSAE offsets in 1e-7 degree) are made absolute once, \
+         by the profile's `positions`: metres become degrees on the WGS-84 ellipsoid \
+         (geographiclib), `chained` offsets add up from point to point. `east_m`/`north_m` \
+         are the metres from the reference point on its tangent plane.",
+        "- **Flags, choices, bits**: an object of booleans (`flags`), a CHOICE rendered as the \
+         one key present (`choice`) or a bit string of `0`/`1` (`bits`) becomes the names \
+         that are set: a list for a list column, joined by `|` otherwise.",
+        "- **Detected profiles**: when the topic names no profile and the default profile \
+         cannot read a message, a profile whose detect paths are all present reads it \
+         (ODE renderings on the plain topics).",
         "- **Enums**: a code, a digit string or a label (in any case) becomes the label; an \
          unknown value is kept as sent.",
         "- **Event time**: the candidates are tried in order. When none yields a time the \
@@ -227,7 +277,12 @@ fn profile(out: &mut String, s: &KindSchema, name: &str, p: &ProfileDef) -> fmt:
         "- Event time, from the first of these that yields one:"
     )?;
     for (i, t) in p.event_time.iter().enumerate() {
-        let format = time_format(t.format, t.moy.as_deref());
+        let mut format = time_format(t.format, t.moy.as_deref());
+        if let Some(a) = &t.anchor {
+            format.push_str(&format!(
+                ", the minute (hour, year) nearest `{a}` instead of the receive time"
+            ));
+        }
         writeln!(out, "  {}. `{}`: {format}", i + 1, t.path)?;
     }
     let last = if p.event_time_fallback_recv {
@@ -252,6 +307,16 @@ fn profile(out: &mut String, s: &KindSchema, name: &str, p: &ProfileDef) -> fmt:
             "- Source id: from the topic, or when it carries none from the first present of {}",
             code_list(many.iter().copied(), ", ")
         )?,
+    }
+    if !p.detect.is_empty() {
+        writeln!(
+            out,
+            "- Detected when all of {} are present (and the topic names no profile)",
+            code_list(p.detect.iter().map(String::as_str), ", ")
+        )?;
+    }
+    for (name, pos) in &p.positions {
+        writeln!(out, "- Position `{name}`: {}", position(pos))?;
     }
     writeln!(out)?;
     // The compiled plan says whether the decoder divides or multiplies.
@@ -287,10 +352,37 @@ fn profile(out: &mut String, s: &KindSchema, name: &str, p: &ProfileDef) -> fmt:
 }
 
 fn source_field(def: &FieldDef) -> String {
-    match &def.constant {
-        Some(v) => format!("const {}", cell(&format!("`{v}`"))),
-        None => cell(&code_list(def.path.paths().into_iter(), " or ")),
+    if let Some(v) = &def.constant {
+        return format!("const {}", cell(&format!("`{v}`")));
     }
+    if let (Some(p), Some(c)) = (&def.position, def.component) {
+        return cell(&format!("position `{p}`: {}", c.name()));
+    }
+    let paths = code_list(def.path.paths().into_iter(), " or ");
+    let named =
+        |what: &str, names: Vec<String>| cell(&format!("{what} of {paths}: {}", names.join(", ")));
+    if let Some(flags) = &def.flags {
+        return named(
+            "flags",
+            flags.iter().map(|(n, p)| format!("{n} = `{p}`")).collect(),
+        );
+    }
+    if let Some(choice) = &def.choice {
+        return named(
+            "choice",
+            choice.iter().map(|(n, p)| format!("{n} = `{p}`")).collect(),
+        );
+    }
+    if let Some(bits) = &def.bits {
+        return named(
+            "bits",
+            bits.iter()
+                .enumerate()
+                .map(|(i, n)| format!("{i} {n}"))
+                .collect(),
+        );
+    }
+    cell(&paths)
 }
 
 fn conversion(def: &FieldDef, divisor: Option<f64>, unit: &str) -> String {
@@ -298,7 +390,18 @@ fn conversion(def: &FieldDef, divisor: Option<f64>, unit: &str) -> String {
     if let Some(e) = &def.enum_name {
         steps.push(format!("enum `{e}`"));
     }
-    if let Some(t) = def.time_format {
+    if def.since_event {
+        let t = def.time_format.unwrap_or(TimeFormat::Auto);
+        let when = if t == TimeFormat::TimeMark {
+            "the next such mark".to_string()
+        } else {
+            "it".to_string()
+        };
+        steps.push(format!(
+            "a time as {}; seconds from the row's event time until {when}",
+            time_format(t, None)
+        ));
+    } else if let Some(t) = def.time_format {
         steps.push(format!("time as {}", time_format(t, None)));
     }
     match (divisor, def.scale) {
@@ -317,6 +420,51 @@ fn conversion(def: &FieldDef, divisor: Option<f64>, unit: &str) -> String {
         text.push_str(&format!(" → {unit}"));
     }
     cell(&text)
+}
+
+/// One line on how a declared position is computed.
+fn position(p: &super::PositionDef) -> String {
+    let value = |spec: &super::FieldSpec| {
+        let d = spec.def();
+        let mut text = code_list(d.path.paths().into_iter(), " or ");
+        match (d.divide, d.scale) {
+            (Some(v), _) => text.push_str(&format!(" ÷ {v}")),
+            (None, Some(v)) => text.push_str(&format!(" × {v}")),
+            _ => {}
+        }
+        text
+    };
+    let mut parts = vec![format!(
+        "origin ({}, {}) degrees",
+        value(&p.origin_lat),
+        value(&p.origin_lon)
+    )];
+    if let (Some(lat), Some(lon)) = (&p.lat, &p.lon) {
+        parts.push(format!("absolute points ({}, {})", value(lat), value(lon)));
+    }
+    if let (Some(e), Some(n)) = (&p.east, &p.north) {
+        parts.push(format!(
+            "metric offsets east {} m, north {} m",
+            value(e),
+            value(n)
+        ));
+    }
+    if let (Some(a), Some(b)) = (&p.delta_lat, &p.delta_lon) {
+        parts.push(format!(
+            "angular offsets lat {} deg, lon {} deg",
+            value(a),
+            value(b)
+        ));
+    }
+    parts.push(
+        if p.chain {
+            "each offset from the point before (the first from the origin)"
+        } else {
+            "every offset from the origin"
+        }
+        .to_string(),
+    );
+    cell(&parts.join("; "))
 }
 
 fn unavailable(def: &FieldDef) -> String {
@@ -689,7 +837,9 @@ mod tests {
         let docs = markdown(&all);
         all.reverse();
         assert_eq!(markdown(&all), docs);
-        let headings: Vec<&str> = docs.lines().filter(|l| l.starts_with("## ")).collect();
+        let mut headings: Vec<&str> = docs.lines().filter(|l| l.starts_with("## ")).collect();
+        // The message index closes the document, after the kinds.
+        assert_eq!(headings.pop(), Some("## _messages"));
         let mut sorted = headings.clone();
         sorted.sort_unstable();
         assert_eq!(headings, sorted);

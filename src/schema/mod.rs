@@ -192,7 +192,7 @@ pub struct TimeSource {
 pub enum FieldSpec {
     Path(String),
     Paths(Vec<String>),
-    Full(FieldDef),
+    Full(Box<FieldDef>),
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -342,7 +342,7 @@ impl FieldSpec {
                 path: PathSpec::Alternatives(p.clone()),
                 ..FieldDef::default()
             },
-            FieldSpec::Full(d) => d.clone(),
+            FieldSpec::Full(d) => (**d).clone(),
         }
     }
 }
