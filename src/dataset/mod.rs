@@ -130,6 +130,29 @@ pub fn message_files(data: &Path) -> Result<Vec<DataFile>, DatasetError> {
     table_files(data, MESSAGES)
 }
 
+/// Takes an exclusive `flock` on directory `dir` without waiting: `Ok(None)` when another
+/// process holds it. The lock lasts as long as the returned descriptor (or the process: the
+/// kernel drops it when the holder dies, even by `kill -9`). `compact` keeps two runs of itself
+/// apart with it.
+pub(crate) fn lock_dir(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
+    let f = std::fs::File::open(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor we own.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            return if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                Ok(None)
+            } else {
+                Err(e)
+            };
+        }
+    }
+    Ok(Some(f))
+}
+
 /// The data directory must exist and be a directory (a symlink to one is fine: the user named it).
 fn check_data_dir(data: &Path) -> Result<(), DatasetError> {
     if data.to_str().is_some_and(|s| s.starts_with("s3://")) {
