@@ -966,7 +966,9 @@ impl Committer<'_> {
         enter_ledger(data, &w, &set)?;
         remove_work_dir(data, &w)?;
         let rows: u64 = manifest.kinds.values().map(|c| c.rows).sum();
-        tracing::info!(
+        // Debug: an info line per set would cut through the progress line; the summary
+        // lists the sets.
+        tracing::debug!(
             set = %set,
             files = files.len(),
             messages = manifest.kinds.values().map(|c| c.messages).sum::<u64>(),
