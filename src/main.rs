@@ -57,6 +57,9 @@ enum Command {
     Export(ExportArgs),
     /// Merge the small files of closed partitions into files near a target size, atomically.
     Compact(CompactArgs),
+    /// Decode quarantined messages again with the current schemas and routes; file those that
+    /// now decode, exactly once.
+    Reprocess(ReprocessArgs),
     /// List, show and check the declared schemas.
     Schema {
         #[command(subcommand)]
@@ -93,6 +96,45 @@ struct CompactArgs {
     /// JSON for scripts instead of the summary.
     #[arg(long)]
     json: bool,
+}
+
+#[derive(Args)]
+struct ReprocessArgs {
+    /// TOML configuration file of the collector: its routes, schema_dir, time window, decode
+    /// and writer settings are used exactly as `run` uses them.
+    #[arg(long, env = "V2X_CONFIG")]
+    config: Option<PathBuf>,
+    /// Dataset directory (default: the config's data_dir, else `data`).
+    #[arg(long, env = "V2X_DATA")]
+    data: Option<PathBuf>,
+    /// Directory of schema files replacing the built-in ones (as for `run`).
+    #[arg(long, env = "V2X_SCHEMA_DIR")]
+    schema_dir: Option<PathBuf>,
+    /// Only rows quarantined for this reason (repeat for several), e.g. unknown_kind.
+    #[arg(long = "reason")]
+    reasons: Vec<String>,
+    /// Only rows whose topic matches this MQTT filter, `+` and `#` allowed (repeat for several).
+    #[arg(long = "topic")]
+    topics: Vec<String>,
+    /// Only rows of this kind: their `kind` column, or the kind their topic routes to now.
+    #[arg(long)]
+    kind: Option<String>,
+    /// Only rows received at or after this time: RFC 3339 or `YYYY-MM-DD[ HH:MM]` UTC.
+    #[arg(long)]
+    from: Option<String>,
+    /// Only rows received before this time.
+    #[arg(long)]
+    to: Option<String>,
+    /// Print what would be filed and change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// JSON for scripts instead of the summary.
+    #[arg(long)]
+    json: bool,
+    /// Messages decoded per commit set (memory is bounded by it).
+    #[arg(long, default_value_t = v2x_collector::dataset::reprocess::DEFAULT_COMMIT_MESSAGES as u64,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    commit_messages: u64,
 }
 
 #[derive(Args)]
@@ -390,6 +432,7 @@ fn main() -> ExitCode {
         Command::Query(args) => query(args),
         Command::Export(args) => export(args),
         Command::Compact(args) => compact(args),
+        Command::Reprocess(args) => reprocess(args),
         Command::Schema { command } => match schema(command) {
             Ok(code) => code,
             Err(e) => {
@@ -831,6 +874,109 @@ fn compact(args: CompactArgs) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// `reprocess`: exit 2 for a bad filter, time, config or data directory, 1 for failures; 0
+/// when done, also when some messages still fail (they are reported).
+fn reprocess(args: ReprocessArgs) -> ExitCode {
+    use std::io::IsTerminal;
+    use v2x_collector::dataset::export::parse_time;
+    use v2x_collector::dataset::reprocess::{self, Filters, Options, TopicFilter};
+    use v2x_collector::quarantine::Reason;
+    let usage = |msg: String| {
+        eprintln!("error: {msg}");
+        ExitCode::from(2)
+    };
+    let mut config = match Config::load(args.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => return usage(e.to_string()),
+    };
+    if let Some(v) = args.data {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.schema_dir {
+        config.schema_dir = Some(v);
+    }
+    let mut filters = Filters::default();
+    for r in &args.reasons {
+        match Reason::parse(r) {
+            Some(r) => filters.reasons.push(r),
+            None => {
+                let known: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+                return usage(format!(
+                    "--reason {r:?} is not a quarantine reason (one of: {})",
+                    known.join(", ")
+                ));
+            }
+        }
+    }
+    for t in &args.topics {
+        match TopicFilter::parse(t) {
+            Ok(f) => filters.topics.push(f),
+            Err(e) => return usage(format!("--topic: {e}")),
+        }
+    }
+    filters.kind = args.kind;
+    let time = |flag: &str, v: &Option<String>| -> Result<Option<i64>, String> {
+        match v {
+            None => Ok(None),
+            Some(s) => parse_time(s)
+                .map(Some)
+                .ok_or_else(|| format!("{flag} {s:?} is not RFC 3339 or YYYY-MM-DD[ HH:MM] (UTC)")),
+        }
+    };
+    match (time("--from", &args.from), time("--to", &args.to)) {
+        (Ok(f), Ok(t)) => (filters.from_us, filters.to_us) = (f, t),
+        (Err(e), _) | (_, Err(e)) => return usage(e),
+    }
+    let w = &config.writer;
+    if w.row_group_rows == 0 || !(1..=22).contains(&w.zstd_level) {
+        return usage("writer.row_group_rows must be positive and writer.zstd_level 1..=22".into());
+    }
+    let opts = Options {
+        filters,
+        dry_run: args.dry_run,
+        commit_messages: usize::try_from(args.commit_messages).unwrap_or(usize::MAX),
+        file: v2x_collector::sink::FileSettings {
+            row_group_rows: w.row_group_rows,
+            zstd_level: w.zstd_level,
+        },
+    };
+    let mut decoder = match pipeline::build_decoder(&config) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(e.exit_code() as u8);
+        }
+    };
+    let tty = std::io::stderr().is_terminal();
+    let mut shown = false;
+    let progress = |done: u64, total: u64| {
+        if tty && total > 0 {
+            let pct = (100 * done / total.max(1)).min(100);
+            eprint!("\rreprocess: {done} of {total} messages ({pct} %)   ");
+            shown = true;
+        }
+    };
+    let result = reprocess::reprocess(&config.data_dir, &mut decoder, &opts, progress);
+    if shown {
+        eprintln!();
+    }
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+    if args.json {
+        if !print_json(&report) {
+            return ExitCode::from(1);
+        }
+    } else {
+        print!("{}", reprocess::render(&report));
+    }
+    ExitCode::SUCCESS
 }
 
 /// Resolves on SIGINT or SIGTERM.

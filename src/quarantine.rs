@@ -55,6 +55,11 @@ impl Reason {
         Reason::TooLarge,
     ];
 
+    /// The reason named `name` (its stable string form).
+    pub fn parse(name: &str) -> Option<Reason> {
+        Reason::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::InvalidJson => "invalid_json",

@@ -1206,22 +1206,11 @@ impl Lock {
     fn take(data: &Path) -> Result<Lock, CompactError> {
         let dir = data.join(WORK_DIR);
         std::fs::create_dir_all(&dir).map_err(io("creating", &dir))?;
-        let f = File::open(&dir).map_err(io("opening", &dir))?;
-        #[cfg(unix)]
-        {
-            use std::os::fd::AsRawFd;
-            // SAFETY: flock on a descriptor we own.
-            let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-            if rc != 0 {
-                let e = std::io::Error::last_os_error();
-                return Err(if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                    CompactError::Busy { path: dir }
-                } else {
-                    io("locking", &dir)(e)
-                });
-            }
+        match super::lock_dir(&dir) {
+            Ok(Some(f)) => Ok(Lock { _dir: f }),
+            Ok(None) => Err(CompactError::Busy { path: dir }),
+            Err(e) => Err(io("locking", &dir)(e)),
         }
-        Ok(Lock { _dir: f })
     }
 }
 

@@ -1,6 +1,6 @@
 //! The dataset as readers see it: `<data>/<kind>/date=YYYY-MM-DD/hour=HH/*.parquet`, plus the
-//! `_quarantine` table beside the kinds. `ls`, `query`, `export` and `compact` all find their
-//! files here, so that what counts as a kind, a partition or a data file is decided once.
+//! `_quarantine` table beside the kinds. `ls`, `query`, `export`, `compact` and `reprocess` all
+//! find their files here, so that what counts as a kind, a partition or a data file is decided once.
 //!
 //! Only committed files are data: temporary files (`.name.tmp`), anything starting with `.` or
 //! `_` (`_schema.json`) and anything not ending in `.parquet` are skipped. Symbolic links are
@@ -13,6 +13,7 @@ pub mod export;
 pub mod ls;
 pub mod query;
 pub mod remote;
+pub mod reprocess;
 
 use std::path::{Path, PathBuf};
 
@@ -128,6 +129,29 @@ pub fn quarantine_files(data: &Path) -> Result<Vec<DataFile>, DatasetError> {
 pub fn message_files(data: &Path) -> Result<Vec<DataFile>, DatasetError> {
     check_data_dir(data)?;
     table_files(data, MESSAGES)
+}
+
+/// Takes an exclusive `flock` on directory `dir` without waiting: `Ok(None)` when another
+/// process holds it. The lock lasts as long as the returned descriptor (or the process: the
+/// kernel drops it when the holder dies, even by `kill -9`). `compact` and `reprocess` keep
+/// two runs of themselves apart with it.
+pub(crate) fn lock_dir(dir: &Path) -> std::io::Result<Option<std::fs::File>> {
+    let f = std::fs::File::open(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor we own.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            return if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                Ok(None)
+            } else {
+                Err(e)
+            };
+        }
+    }
+    Ok(Some(f))
 }
 
 /// The data directory must exist and be a directory (a symlink to one is fine: the user named it).

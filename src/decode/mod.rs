@@ -451,6 +451,9 @@ pub struct Decoder {
     lineage: Vec<u32>,
     pending_rows: usize,
     sequences: SequenceTracker,
+    /// Message-counter jumps are reported (off for `reprocess`: a selection of old messages
+    /// is no stream, its jumps are no loss).
+    track_gaps: bool,
     activity: crate::status::Activity,
 }
 
@@ -547,7 +550,13 @@ impl Decoder {
             lineage: Vec::new(),
             pending_rows: 0,
             sequences: SequenceTracker::default(),
+            track_gaps: true,
         })
+    }
+
+    /// Turns the reporting of message-counter jumps on (the default) or off.
+    pub fn set_gap_tracking(&mut self, on: bool) {
+        self.track_gaps = on;
     }
 
     pub fn router(&self) -> &Router {
@@ -745,6 +754,9 @@ impl Decoder {
         let Some((col, modulo)) = self.kinds[kind].sequence else {
             return;
         };
+        if !self.track_gaps {
+            return;
+        }
         let ncols = self.kinds[kind].schema.columns.len();
         if s.events.is_empty() || ncols == 0 {
             return;

@@ -406,13 +406,7 @@ impl PartitionWriter {
                 self.settings.collector_id,
                 self.seq.take()
             );
-            let sort: &[&str] = if &**table == crate::quarantine::TABLE {
-                &["recv_ts"]
-            } else if &**table == crate::message_index::TABLE {
-                &["source_id", "recv_ts"]
-            } else {
-                &["source_id", "event_ts"]
-            };
+            let sort = sort_columns(table);
             let schema = self.schemas.get(&**table).map(String::as_str);
             match parquet_file::write_tmp(
                 &dir,
@@ -650,6 +644,18 @@ fn read_manifest(wal_dir: &Path) -> Result<Option<Manifest>, SinkError> {
         files.push((tmp.to_string(), fin.to_string()));
     }
     Ok(Some((checkpoint, files)))
+}
+
+/// The columns a table's files are sorted by: (source_id, event_ts) for the kinds,
+/// (source_id, recv_ts) for `_messages`, recv_ts for `_quarantine`.
+pub fn sort_columns(table: &str) -> &'static [&'static str] {
+    if table == crate::quarantine::TABLE {
+        &["recv_ts"]
+    } else if table == crate::message_index::TABLE {
+        &["source_id", "recv_ts"]
+    } else {
+        &["source_id", "event_ts"]
+    }
 }
 
 /// `<data>/<table>/date=YYYY-MM-DD/hour=HH`, from the hour's start time. The table name is a

@@ -88,7 +88,22 @@ pub fn write_tmp(
     schema_json: Option<&str>,
     settings: &FileSettings,
 ) -> Result<TmpFile, CommitError> {
-    let final_path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    write_tmp_as(&tmp, &dir.join(name), batches, sort, schema_json, settings)
+}
+
+/// As [`write_tmp`], with the temporary file's path chosen by the caller (`reprocess` stages
+/// its files outside the partitions, under names the collector's start-up clean-up of
+/// `.*.tmp` leaves alone). The temporary file's directory is created when missing.
+pub fn write_tmp_as(
+    tmp: &Path,
+    final_path: &Path,
+    batches: &[RecordBatch],
+    sort: &[&str],
+    schema_json: Option<&str>,
+    settings: &FileSettings,
+) -> Result<TmpFile, CommitError> {
+    let final_path = final_path.to_owned();
     let arrow_err = |source| CommitError::Arrow {
         path: final_path.clone(),
         source,
@@ -110,12 +125,13 @@ pub fn write_tmp(
         take_record_batch(&all, &idx).map_err(arrow_err)?
     };
 
+    let dir = tmp.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|source| CommitError::Io {
         step: "creating",
         path: dir.to_owned(),
         source,
     })?;
-    let tmp = dir.join(format!(".{name}.tmp"));
+    let tmp = tmp.to_owned();
     let io = |step, source| CommitError::Io {
         step,
         path: tmp.clone(),
