@@ -244,7 +244,7 @@ pub async fn start(c: &EmbeddedConfig) -> Result<Embedded, EmbeddedError> {
         private_v4 = %v4_addr,
         private_v5 = %v5_addr,
         max_connections = c.max_connections,
-        log_bytes_per_filter = c.segment_bytes.max(1024) * c.segment_count.max(1),
+        log_bytes_per_filter = c.segment_bytes.max(1024).saturating_mul(c.segment_count.max(1)),
         "embedded MQTT broker started (in memory; use --broker for production)"
     );
     Ok(Embedded {
