@@ -824,6 +824,24 @@ mod tests {
     }
 
     #[test]
+    fn the_client_takes_every_packet_the_embedded_broker_accepts() {
+        let c: Config = toml::from_str("[embedded]\nmax_payload_bytes = 8388608\n").unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("mqtt.max_packet_bytes"), "{err}");
+        let c: Config = toml::from_str(
+            "[embedded]\nmax_payload_bytes = 8388608\n[mqtt]\nmax_packet_bytes = 9000000\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        // An external broker's limits are its own.
+        let c: Config = toml::from_str(
+            "[embedded]\nmax_payload_bytes = 8388608\n[mqtt]\nbroker = 'mqtt://b'\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+    }
+
+    #[test]
     fn https_needs_both_files_and_secrets_stay_out_of_debug_output() {
         let c: Config = toml::from_str("[http.tls]\ncert_file = 'c.pem'\n").unwrap();
         assert!(
