@@ -159,8 +159,8 @@ pub struct MqttConfig {
     /// External broker URL, `mqtt://host:port` or `mqtts://host:port` (TLS, port 8883 by
     /// default). Empty: start the embedded broker.
     pub broker: Option<String>,
-    /// Protocol version towards an external broker. The embedded broker is always spoken to
-    /// over 3.1.1 (see README).
+    /// Protocol version towards an external broker. The collector speaks 3.1.1 to the
+    /// embedded broker (devices may use either; see README).
     pub protocol: Protocol,
     /// MQTT client id. Default `v2x-collector-<collector_id>`. Keep it fixed: the persistent
     /// session (and with it redelivery) is bound to it.
@@ -274,17 +274,24 @@ impl Default for WalConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EmbeddedConfig {
-    /// Address of the embedded broker's MQTT 3.1.1 listener (used when no broker is given).
+    /// Address devices connect to when no broker is given. One port for MQTT 3.1.1 and MQTT 5:
+    /// each connection goes to the rumqttd listener of the version its CONNECT names.
     pub listen: SocketAddr,
-    /// Optional MQTT 5 listener of the embedded broker.
+    /// A second address that accepts devices like `listen` (both versions). Kept for
+    /// configurations from when `listen` spoke 3.1.1 only; new ones need not set it.
     pub listen_v5: Option<SocketAddr>,
-    /// Largest payload the embedded broker accepts from devices.
+    /// Largest payload the embedded broker accepts from devices; a larger packet closes that
+    /// device's connection. `mqtt.max_packet_bytes` must leave room for it.
     pub max_payload_bytes: usize,
-    /// Per-filter in-memory log: segment size and count. A subscriber that falls behind the
-    /// oldest segment is skipped ahead by rumqttd, so keep `size x count` comfortably above a
-    /// few seconds of traffic.
+    /// Per-filter in-memory log: a new segment starts after this many bytes of topic and
+    /// payload. Every subscription filter (the collector's two by default) has one log, so
+    /// the broker holds at most `filters x segment_bytes x segment_count` of messages.
     pub segment_bytes: usize,
+    /// Segments kept per filter log. A subscriber that falls behind the oldest segment is
+    /// skipped ahead by rumqttd (those messages are lost although the devices got their
+    /// PUBACK), so keep `segment_bytes x segment_count` above a few seconds of traffic.
     pub segment_count: usize,
+    /// Device connections accepted at once; further ones are closed at once.
     pub max_connections: usize,
 }
 
@@ -571,7 +578,26 @@ impl Config {
                     "mqtt.tls is set but there is no mqtt.broker (the embedded broker is plaintext): set mqtt.broker = \"mqtts://host:port\"".into(),
                 ));
             }
-            None => {}
+            None => {
+                // A packet the broker takes but our client refuses would put the collector
+                // into a reconnect loop.
+                let packet = self
+                    .embedded
+                    .max_payload_bytes
+                    .saturating_add(crate::source::embedded::PACKET_OVERHEAD);
+                if self.mqtt.max_packet_bytes < packet {
+                    return Err(ConfigError::Invalid(format!(
+                        "mqtt.max_packet_bytes ({}) must be at least embedded.max_payload_bytes + {} ({packet}): the collector must take every packet the embedded broker accepts",
+                        self.mqtt.max_packet_bytes,
+                        crate::source::embedded::PACKET_OVERHEAD
+                    )));
+                }
+                if self.embedded.max_connections == 0 {
+                    return Err(ConfigError::Invalid(
+                        "embedded.max_connections must be positive".into(),
+                    ));
+                }
+            }
         }
         if self.mqtt.tls.cert_file.is_some() != self.mqtt.tls.key_file.is_some() {
             return Err(ConfigError::Invalid(
@@ -795,6 +821,24 @@ mod tests {
         assert!(err.to_string().contains("server_name"), "{err}");
         // There is no switch to turn verification off.
         assert!(toml::from_str::<Config>("[mqtt.tls]\ninsecure = true\n").is_err());
+    }
+
+    #[test]
+    fn the_client_takes_every_packet_the_embedded_broker_accepts() {
+        let c: Config = toml::from_str("[embedded]\nmax_payload_bytes = 8388608\n").unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(err.to_string().contains("mqtt.max_packet_bytes"), "{err}");
+        let c: Config = toml::from_str(
+            "[embedded]\nmax_payload_bytes = 8388608\n[mqtt]\nmax_packet_bytes = 9000000\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        // An external broker's limits are its own.
+        let c: Config = toml::from_str(
+            "[embedded]\nmax_payload_bytes = 8388608\n[mqtt]\nbroker = 'mqtt://b'\n",
+        )
+        .unwrap();
+        c.validate().unwrap();
     }
 
     #[test]

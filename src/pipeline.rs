@@ -11,7 +11,6 @@
 //! decoder drain what was received, send its acks, disconnect, then commit every open file.
 
 use std::collections::{HashSet, VecDeque};
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TryRecvError};
@@ -196,14 +195,11 @@ pub async fn run(
             (host, port, config.mqtt.protocol)
         }
         None => {
-            let addr = embedded::start(&config.embedded)?;
-            // rumqttd's MQTT 5 support is partial; the collector talks 3.1.1 to it.
-            let host = if addr.ip().is_unspecified() {
-                IpAddr::V4(Ipv4Addr::LOCALHOST)
-            } else {
-                addr.ip()
-            };
-            (host.to_string(), addr.port(), Protocol::V311)
+            let broker = embedded::start(&config.embedded).await?;
+            // Devices speak 3.1.1 or 5 on `embedded.listen`; the collector itself uses
+            // rumqttd's private 3.1.1 port directly (no splice in between).
+            let addr = broker.collector_addr;
+            (addr.ip().to_string(), addr.port(), Protocol::V311)
         }
     };
     let mut filters = if config.mqtt.subscriptions.is_empty() {

@@ -28,13 +28,14 @@ fi
 # Debian installs the broker binary in /usr/sbin, which is not on every user's PATH.
 export PATH="$PATH:/usr/sbin"
 
-# The end-to-end benchmark's smoke mode first, so the script cannot rot (it asserts no figure);
+# The benchmarks' smoke modes first, so the scripts cannot rot (they assert no figure);
 # cargo test runs last so its summary closes the output.
 if ! python3 -c "import paho.mqtt.client, pyarrow" >/dev/null 2>&1; then
-    echo "installing paho-mqtt and pyarrow for the benchmark's Python baseline" >&2
+    echo "installing paho-mqtt and pyarrow (the benchmark's Python baseline, tests/embedded_v5.rs)" >&2
     python3 -m pip install -q paho-mqtt pyarrow
 fi
 cargo build --features failpoints
 python3 tools/e2e_bench.py --smoke --binary "${CARGO_TARGET_DIR:-target}/debug/v2x-collector"
+python3 tools/embedded_flood.py --smoke --binary "${CARGO_TARGET_DIR:-target}/debug/v2x-collector"
 
 cargo test --features failpoints "$@"

@@ -396,11 +396,43 @@ fn mosquitto_pub(port: u16, topic: &str) -> Command {
     c
 }
 
+/// A publisher that has not finished by then (waiting for a CONNACK or a PUBACK that never
+/// comes) fails the test instead of hanging it.
+pub const PUBLISH_LIMIT: Duration = Duration::from_secs(120);
+
+/// Waits for `child` to exit within `limit` and returns its output; kills it and fails the
+/// test with `what` otherwise.
+pub fn finish_within(child: Child, limit: Duration, what: &str) -> std::process::Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(Ok(out)) => out,
+        Ok(Err(e)) => panic!("{what}: {e}"),
+        Err(_) => {
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(pid.to_string())
+                .status();
+            panic!("{what} did not finish within {limit:?}")
+        }
+    }
+}
+
 /// Publishes each line of `lines` as one message, QoS 1. `mosquitto_pub -l` (2.0.11) can exit
 /// before a long input is all delivered, so it gets at most 1,000 lines per call.
 pub fn publish_lines(port: u16, topic: &str, lines: &[String]) {
+    publish_lines_with(port, topic, lines, &[]);
+}
+
+/// As [`publish_lines`], with extra `mosquitto_pub` arguments after the defaults (`-V mqttv5`,
+/// `-q 0`, ...). Each call must exit 0 within [`PUBLISH_LIMIT`].
+pub fn publish_lines_with(port: u16, topic: &str, lines: &[String], extra: &[&str]) {
     for chunk in lines.chunks(1000) {
         let mut child = mosquitto_pub(port, topic)
+            .args(extra)
             .arg("-l")
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -415,10 +447,11 @@ pub fn publish_lines(port: u16, topic: &str, lines: &[String]) {
                 stdin.write_all(b"\n").unwrap();
             }
         }
-        let out = child.wait_with_output().unwrap();
+        let what = format!("mosquitto_pub {extra:?} -t {topic}");
+        let out = finish_within(child, PUBLISH_LIMIT, &what);
         assert!(
             out.status.success(),
-            "mosquitto_pub failed: {}",
+            "{what} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -426,19 +459,112 @@ pub fn publish_lines(port: u16, topic: &str, lines: &[String]) {
 
 /// Publishes one payload (any bytes) from a file.
 pub fn publish_bytes(port: u16, topic: &str, payload: &[u8]) {
+    publish_bytes_with(port, topic, payload, &[]);
+}
+
+/// As [`publish_bytes`], with extra `mosquitto_pub` arguments; must exit 0 within
+/// [`PUBLISH_LIMIT`].
+pub fn publish_bytes_with(port: u16, topic: &str, payload: &[u8], extra: &[&str]) {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("payload");
     std::fs::write(&f, payload).unwrap();
-    let out = mosquitto_pub(port, topic)
+    let child = mosquitto_pub(port, topic)
+        .args(extra)
         .arg("-f")
         .arg(&f)
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("mosquitto_pub");
+    let what = format!("mosquitto_pub {extra:?} -f <{} bytes>", payload.len());
+    let out = finish_within(child, PUBLISH_LIMIT, &what);
     assert!(
         out.status.success(),
-        "mosquitto_pub failed: {}",
+        "{what} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// What [`paho_publish`] saw.
+#[derive(Debug, serde::Deserialize)]
+pub struct PahoReport {
+    /// CONNACK reason code (0 is success).
+    pub connack: i64,
+    /// Messages paho counts as published: for QoS 1, those whose PUBACK came.
+    pub published: usize,
+    /// PUBACK reason codes other than success (MQTT 5).
+    pub failed_acks: Vec<i64>,
+}
+
+/// Publishes each line as one message with a paho-mqtt client (`python3` with paho-mqtt 2;
+/// tools/test.sh installs it) speaking `version` (`"5"` or `"3.1.1"`) at `qos`, waiting at most
+/// 60 s for each PUBACK.
+pub fn paho_publish(
+    port: u16,
+    version: &str,
+    qos: u8,
+    topic: &str,
+    lines: &[String],
+) -> PahoReport {
+    const SCRIPT: &str = r#"
+import json, sys, threading
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+port, version, qos, topic = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+lines = sys.stdin.read().split("\n")[:-1]
+proto = mqtt.MQTTv5 if version == "5" else mqtt.MQTTv311
+c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="paho-%s-%s" % (version, qos), protocol=proto)
+c.max_inflight_messages_set(100)
+connected, state = threading.Event(), {"connack": -1, "failed": []}
+def on_connect(client, userdata, flags, reason_code, properties):
+    state["connack"] = reason_code.value
+    connected.set()
+def on_publish(client, userdata, mid, reason_code, properties):
+    if reason_code.is_failure:
+        state["failed"].append(reason_code.value)
+c.on_connect, c.on_publish = on_connect, on_publish
+c.connect("127.0.0.1", port, keepalive=30)
+c.loop_start()
+if not connected.wait(30):
+    sys.exit("no CONNACK within 30 s")
+infos = [c.publish(topic, l, qos=qos) for l in lines]
+for i in infos:
+    i.wait_for_publish(timeout=60)
+published = sum(1 for i in infos if i.is_published())
+c.disconnect()
+c.loop_stop()
+print(json.dumps({"connack": state["connack"], "published": published, "failed_acks": state["failed"]}))
+"#;
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(SCRIPT)
+        .args([&port.to_string(), version, &qos.to_string(), topic])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 must be installed");
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        for l in lines {
+            assert!(!l.contains('\n'), "one message per line");
+            stdin.write_all(l.as_bytes()).unwrap();
+            stdin.write_all(b"\n").unwrap();
+        }
+    }
+    let what = format!("paho-mqtt MQTT {version} QoS {qos} publisher");
+    let out = finish_within(child, PUBLISH_LIMIT, &what);
+    assert!(
+        out.status.success(),
+        "{what} failed (python3 -m pip install paho-mqtt): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{what} printed no report ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
 }
 
 /// The collector binary, for command-line tests.
