@@ -716,8 +716,13 @@ pub fn assert_dataset_is_clean(data: &Path) {
             "{name}"
         );
         let b = read_parquet(&f);
-        if let (Some(src), Some(ts)) = (b.column_by_name("source_id"), b.column_by_name("event_ts"))
-        {
+        // The message index is sorted by receive time (a message without rows has no event time).
+        let time = if f.components().any(|c| c.as_os_str() == "_messages") {
+            "recv_ts"
+        } else {
+            "event_ts"
+        };
+        if let (Some(src), Some(ts)) = (b.column_by_name("source_id"), b.column_by_name(time)) {
             let src = src.as_string::<i32>();
             let ts = ts.as_primitive::<arrow::datatypes::TimestampMicrosecondType>();
             let sorted = (1..b.num_rows())
@@ -940,4 +945,56 @@ pub fn python_venv(name: &str, import: &str, packages: &[&str], optional: &[&str
     );
     assert!(ready(&py), "{} cannot import {import}", py.display());
     py
+}
+
+// ---- Every real capture, on its device's topic ----
+
+/// The `payload` of a tavern capture and the topic it was published on.
+fn tavern(name: &str) -> (String, String) {
+    let text = std::fs::read_to_string(shared(&format!("openv2x-payloads/{name}"))).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    (
+        v["publish_topic"].as_str().unwrap().to_string(),
+        v["payload"].to_string(),
+    )
+}
+
+/// Every message of every capture in `../shared/data` (2,049), as (topic, one-line JSON) in
+/// the order the captures list them: radar track frames and the radar's other feeds on
+/// `V2X/RADAR/{esn}/{feed}/UP`, the RSM and tavern payloads on their recorded topics, and the
+/// J2735 ODE renderings on the RSU or OBU topics of their kind (no vendor suffix: the
+/// collector detects the ODE shape).
+pub fn every_capture() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for feed in ["track", "cross", "flow", "status", "event"] {
+        let topic = format!("V2X/RADAR/N22W75HMBLD/{}/UP", feed.to_uppercase());
+        let text = std::fs::read_to_string(shared(&format!("openv2x-radar/{feed}.json"))).unwrap();
+        let items: Vec<serde_json::Value> =
+            serde_json::from_str(text.trim_start_matches('\u{feff}')).unwrap();
+        out.extend(items.iter().map(|v| (topic.clone(), v.to_string())));
+    }
+    let rsm = std::fs::read_to_string(shared("openv2x-payloads/derived_rsm_std_payloads.ndjson"))
+        .unwrap();
+    out.extend(
+        rsm.lines()
+            .map(|l| ("V2X/RSU/R328328/RSM/UP".to_string(), l.to_string())),
+    );
+    for name in ["clc", "dnp", "mwr", "rsi", "rsm", "sds"] {
+        out.push(tavern(&format!("tavern_{name}_payload.json")));
+    }
+    for (file, topic) in [
+        ("valid.bsm.json", "V2X/OBU/12A7A951/BSM/UP"),
+        ("sample.processed-bsm.json", "V2X/OBU/12A7A951/BSM/UP"),
+        ("valid.spat.json", "V2X/RSU/RSU12111/SPAT/UP"),
+        ("sample.processed-spat.json", "V2X/RSU/RSU12110/SPAT/UP"),
+        ("valid.map.json", "V2X/RSU/RSU12110/MAP/UP"),
+        ("valid.psm.json", "V2X/RSU/RSU12110/PSM/UP"),
+        ("sample-psm.json", "V2X/RSU/RSU12110/PSM/UP"),
+        ("sample-sdsm.json", "V2X/RSU/RSU12110/SDSM/UP"),
+    ] {
+        let text = std::fs::read_to_string(shared(&format!("usdot-jpo/{file}"))).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        out.push((topic.to_string(), v.to_string()));
+    }
+    out
 }
