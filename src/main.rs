@@ -145,6 +145,11 @@ struct LsArgs {
     /// JSON for scripts instead of the table.
     #[arg(long)]
     json: bool,
+    /// Per source and kind, from the message index: messages, rows, messages with no rows,
+    /// delay (receive minus event time: delay plus the source's clock offset), first and last
+    /// receive time.
+    #[arg(long)]
+    sources: bool,
 }
 
 #[derive(Args)]
@@ -814,6 +819,23 @@ fn query(args: QueryArgs) -> ExitCode {
 /// still listed, with its error).
 fn ls(args: LsArgs) -> ExitCode {
     use v2x_collector::dataset::ls;
+    if args.sources {
+        let Some(runtime) = runtime() else {
+            return ExitCode::from(1);
+        };
+        let format = if args.json {
+            v2x_collector::dataset::query::Format::Json
+        } else {
+            v2x_collector::dataset::query::Format::Table
+        };
+        return match runtime.block_on(ls::sources(&args.data, format)) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        };
+    }
     let listing = match ls::list(&args.data) {
         Ok(l) => l,
         Err(e) => {
@@ -1072,6 +1094,8 @@ fn check(
     let Some(k) = decoder.kinds().iter().position(|d| d.schema.kind == kind) else {
         bail!("no kind {kind:?}; `v2x-collector schema list` shows the kinds");
     };
+    // Without --profile, as on a topic that names none: the default, or a detected one.
+    let named = profile.is_some();
     let profile = profile.unwrap_or_else(|| decoder.kinds()[k].schema.default_profile.clone());
     let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
     let payloads: Vec<Vec<u8>> = if ndjson {
@@ -1095,7 +1119,12 @@ fn check(
     let (mut filed, mut rows, mut bad) = (0usize, 0usize, 0usize);
     for (i, p) in payloads.iter().enumerate() {
         let raw = v2x_collector::decode::Raw::new("check", p, now);
-        match decoder.decode_as(k, &profile, Some("check"), &raw) {
+        let outcome = if named {
+            decoder.decode_as(k, &profile, Some("check"), &raw)
+        } else {
+            decoder.decode_detecting(k, &profile, Some("check"), &raw)
+        };
+        match outcome {
             Outcome::Filed { rows: n, .. } => {
                 filed += 1;
                 rows += n;

@@ -171,7 +171,8 @@ fn sql_over_the_dataset_with_partition_pruning_and_every_format() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no_such_kind"), "{err}");
     assert!(
-        err.contains("bsm, quarantine, radar_target") || err.contains("bsm, radar_target"),
+        err.contains("bsm, messages, quarantine, radar_target")
+            || err.contains("bsm, messages, radar_target"),
         "{err}"
     );
     let (code, _, err) = query(&ws.path().join("nowhere"), &["select 1"]);

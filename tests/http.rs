@@ -203,7 +203,11 @@ fn datasets_and_exports_over_http_with_hostile_identifiers_refused() {
         assert!(started.elapsed() < Duration::from_secs(20), "{v:#}");
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert_eq!(listing["kinds"].as_array().unwrap().len(), 8);
+    // Every built-in kind has its directory (and `_schema.json`) from the start.
+    assert_eq!(
+        listing["kinds"].as_array().unwrap().len(),
+        v2x_collector::schema::BUILTIN.len()
+    );
 
     // A CSV export of one source, and a Parquet one.
     let (code, csv) = http_get(

@@ -339,7 +339,7 @@ fn garbage_unknown_topics_and_hostile_ids_land_in_quarantine() {
             br#"{"timeStamp":"4102444800000","targets":[{"targetId":1}]}"#.to_vec(),
             "implausible_time",
         ),
-        ("V2X/RSU/R1/MAP/UP".into(), b"{}".to_vec(), "unknown_topic"),
+        ("V2X/RSU/R1/NOPE/UP".into(), b"{}".to_vec(), "unknown_topic"),
         (
             "v2x/v1/nothing/here".into(),
             b"{}".to_vec(),
@@ -497,7 +497,8 @@ fn sigterm_during_traffic_leaves_only_complete_files() {
     let (radar, _) = read_table(&data, "radar_target");
     assert_eq!(
         radar.unwrap().num_rows() as u64,
-        stats["rows_committed"].as_u64().unwrap()
+        stats["rows_committed"].as_u64().unwrap(),
+        "rows_committed counts the kinds' rows, not the message index"
     );
     assert_eq!(stats["rows"], stats["rows_committed"]);
 }

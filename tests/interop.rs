@@ -111,7 +111,8 @@ fn radar_published() -> (usize, f64, i64, i64, i64) {
         hi = hi.max(ms * 1000);
         for t in f["targets"].as_array().unwrap() {
             rows += 1;
-            speed += t["speed"].as_f64().unwrap();
+            // The radar sends km/h; the column is m/s.
+            speed += t["speed"].as_f64().unwrap() / 3.6;
             rcs += t["rcs"].as_i64().unwrap();
         }
     }

@@ -106,6 +106,28 @@ impl Listing {
     }
 }
 
+/// `ls --sources`: per source and kind, from the message index (`_messages`), the messages,
+/// rows, messages that gave no rows, the delay (receive minus event time) and the first and
+/// last receive time, printed in `format`.
+pub async fn sources(
+    data: &Path,
+    format: super::query::Format,
+) -> Result<u64, super::query::QueryError> {
+    if super::message_files(data)?.is_empty() {
+        return Err(super::query::QueryError::Usage(format!(
+            "{} has no message index yet (_messages is written by `run` since this version)",
+            data.display()
+        )));
+    }
+    const SQL: &str = "select source_id, kind, count(*) as messages, sum(rows) as rows, \
+        sum(case when rows = 0 then 1 else 0 end) as empty_messages, \
+        round(approx_percentile_cont(delay_ms, 0.5), 1) as p50_delay_ms, \
+        round(min(delay_ms), 1) as min_delay_ms, round(max(delay_ms), 1) as max_delay_ms, \
+        min(recv_ts) as first_recv, max(recv_ts) as last_recv \
+        from messages group by source_id, kind order by source_id, kind";
+    super::query::run(data, SQL, format, None).await
+}
+
 /// Lists the dataset below `data`.
 pub fn list(data: &Path) -> Result<Listing, DatasetError> {
     let kinds = super::kinds(data)?

@@ -477,7 +477,10 @@ impl PartitionWriter {
             metrics::counter!("v2x_sink_bytes_written_total", "kind" => table.to_string())
                 .increment(t.bytes);
             self.stats.files_committed += 1;
-            self.stats.rows_committed += t.rows as u64;
+            // The message index is bookkeeping about the rows, not rows of the data.
+            if &**table != crate::message_index::TABLE {
+                self.stats.rows_committed += t.rows as u64;
+            }
             self.stats.bytes_committed += t.bytes;
             let _span = tracing::debug_span!("commit", kind = %table).entered();
             match &self.settings.store {
