@@ -95,6 +95,14 @@ pub struct SimMessage {
 
 const PATH_M: f64 = 400.0;
 const CYCLE_S: f64 = 60.0;
+/// Lanes each way on every road through an intersection, counted from the median.
+const LANES: u8 = 3;
+const LANE_WIDTH_M: f64 = 3.5;
+/// SPAT phases: phase 1 lets the north-south movements go, phase 2 the east-west ones.
+const PHASE_NS: u8 = 1;
+const PHASE_EW: u8 = 2;
+/// CSAE region of every node id (the SPAT and MAP intersection ids).
+const REGION: u8 = 1;
 
 impl Zone {
     pub fn new(seed: u64, rsus: usize, vehicles: usize, hz: f64, start_ms: i64) -> Zone {
@@ -176,14 +184,7 @@ impl Zone {
         let sec_mark = now_ms.rem_euclid(60_000);
         let mut out = Vec::new();
         for (i, rsu) in self.rsus.iter().enumerate() {
-            let seen: Vec<(&Participant, f64, f64, f64)> = rsu
-                .participants
-                .iter()
-                .map(|p| {
-                    let (lat, lon, heading) = position(rsu, p, t);
-                    (p, lat, lon, heading)
-                })
-                .collect();
+            let seen: Vec<Seen> = rsu.participants.iter().map(|p| seen(rsu, p, t)).collect();
             out.push(rsm(rsu, i, &seen, now_ms, sec_mark));
             out.push(radar(rsu, &seen, now_ms));
             if n.is_multiple_of(10) {
@@ -275,48 +276,106 @@ impl Zone {
     }
 }
 
-/// Where a participant is at time `t`: along its approach through the intersection.
-fn position(rsu: &Rsu, p: &Participant, t: f64) -> (f64, f64, f64) {
+/// A participant as the RSU perceives it at one tick. Every message about it in that tick
+/// (RSM, radar, SSM, PSM) is written from this one value, so they cannot disagree.
+struct Seen<'a> {
+    p: &'a Participant,
+    lat: f64,
+    lon: f64,
+    heading: f64,
+    /// The MAP lane it is in (see [`ingress_lane`]).
+    lane: u8,
+}
+
+fn seen<'a>(rsu: &Rsu, p: &'a Participant, t: f64) -> Seen<'a> {
     let along = (p.offset + p.speed * t).rem_euclid(PATH_M) - PATH_M / 2.0;
-    let lane_off = 1.75 + 3.5 * (p.lane as f64 - 1.0);
-    let (east, north, heading) = match p.approach {
-        0 => (lane_off, along, 0.0),
-        1 => (along, -lane_off, 90.0),
-        2 => (-lane_off, -along, 180.0),
-        _ => (-along, lane_off, 270.0),
+    let (east, north, heading) = local(p.approach, lane_centre(p.lane), along);
+    let (lat, lon) = absolute(rsu, east, north);
+    // Before the centre it is in its approach's lane, after it in the lane leaving the box.
+    let lane = if along < 0.0 {
+        ingress_lane(p.approach, p.lane)
+    } else {
+        egress_lane(p.approach, p.lane)
     };
+    Seen {
+        p,
+        lat,
+        lon,
+        heading,
+        lane,
+    }
+}
+
+/// Metres east and north of the intersection's centre, and the compass heading, of the point
+/// `along` metres along `approach` (0 from the south going north, 1 west->east, 2
+/// north->south, 3 east->west; negative before the centre) and `right` metres to the right of
+/// the road's centreline. The one geometry of participants, MAP lanes and obstacles.
+fn local(approach: u8, right: f64, along: f64) -> (f64, f64, f64) {
+    match approach {
+        0 => (right, along, 0.0),
+        1 => (along, -right, 90.0),
+        2 => (-right, -along, 180.0),
+        _ => (-along, right, 270.0),
+    }
+}
+
+/// Offset of lane `lane` (1 next to the median) from the road's centreline.
+fn lane_centre(lane: u8) -> f64 {
+    LANE_WIDTH_M * (lane as f64 - 0.5)
+}
+
+fn absolute(rsu: &Rsu, east: f64, north: f64) -> (f64, f64) {
     (
         rsu.lat + north / M_PER_DEG_LAT,
         rsu.lon + east / m_per_deg_lon(),
-        heading,
     )
 }
 
-fn rsm(
-    rsu: &Rsu,
-    i: usize,
-    seen: &[(&Participant, f64, f64, f64)],
-    now_ms: i64,
-    sec_mark: i64,
-) -> SimMessage {
+/// MAP lane ids, unique within an intersection's MAP: the tens digit is the leg (1 south, 2
+/// west, 3 north, 4 east), the units 1..3 the lanes entering the intersection on that leg
+/// and 4..6 the lanes leaving it, each counted from the median.
+fn ingress_lane(approach: u8, lane: u8) -> u8 {
+    10 * ingress_leg(approach) + lane
+}
+
+fn egress_lane(approach: u8, lane: u8) -> u8 {
+    10 * egress_leg(approach) + LANES + lane
+}
+
+/// The leg (1 south, 2 west, 3 north, 4 east) traffic of `approach` comes in on.
+fn ingress_leg(approach: u8) -> u8 {
+    approach + 1
+}
+
+/// The leg it leaves on: straight across.
+fn egress_leg(approach: u8) -> u8 {
+    (approach + 2) % 4 + 1
+}
+
+fn e7(deg: f64) -> i64 {
+    (deg * 1e7).round() as i64
+}
+
+fn rsm(rsu: &Rsu, i: usize, seen: &[Seen], now_ms: i64, sec_mark: i64) -> SimMessage {
     if i.is_multiple_of(2) {
         let participants: Vec<_> = seen
             .iter()
-            .map(|(p, lat, lon, heading)| {
+            .map(|s| {
+                let p = s.p;
                 json!({
                     "ptcType": p.ptc_type, "ptcId": p.id, "global_track_id": format!("{}-{}", rsu.esn, p.id),
                     "source": 7, "secMark": sec_mark,
-                    "pos": {"lat": (lat * 1e7).round() as i64, "lon": (lon * 1e7).round() as i64},
-                    "speed": (p.speed / 0.02).round() as i64, "heading": (heading / 0.0125).round() as i64,
-                    "lane": p.lane,
-                    "size": {"width": (p.size.0 * 100.0).round() as i64, "length": (p.size.1 * 100.0).round() as i64, "height": (p.size.2 / 0.05).round() as i64}
+                    "pos": {"lat": e7(s.lat), "lon": e7(s.lon)},
+                    "speed": speed_units(p.speed), "heading": heading_units(s.heading),
+                    "lane": s.lane,
+                    "size": size_units(p.size)
                 })
             })
             .collect();
         SimMessage {
             topic: format!("V2X/RSU/{}/RSM/UP", rsu.esn),
             payload: json!({"content": {"rsms": [{
-                "refPos": {"lat": (rsu.lat * 1e7).round() as i64, "lon": (rsu.lon * 1e7).round() as i64},
+                "refPos": {"lat": e7(rsu.lat), "lon": e7(rsu.lon)},
                 "participants": participants}]}})
             .to_string()
             .into_bytes(),
@@ -325,13 +384,14 @@ fn rsm(
         let names = ["unknown", "motor", "non-motor", "pedestrian"];
         let content: Vec<_> = seen
             .iter()
-            .map(|(p, lat, lon, heading)| {
+            .map(|s| {
+                let p = s.p;
                 json!({
                     "ptcType": names[p.ptc_type as usize], "ptcId": p.id,
                     "global_track_id": format!("{}-{}", rsu.esn, p.id), "timeStamp": now_ms,
-                    "secMark": sec_mark, "pos_lat": lat, "pos_lon": lon, "heading": heading,
+                    "secMark": sec_mark, "pos_lat": s.lat, "pos_lon": s.lon, "heading": s.heading,
                     "source": 7, "width": p.size.0, "length": p.size.1, "height": p.size.2,
-                    "speed": p.speed, "lane": format!("lane_{}", p.lane)
+                    "speed": p.speed, "lane": format!("lane_{}", s.lane)
                 })
             })
             .collect();
@@ -344,15 +404,16 @@ fn rsm(
     }
 }
 
-fn radar(rsu: &Rsu, seen: &[(&Participant, f64, f64, f64)], now_ms: i64) -> SimMessage {
+fn radar(rsu: &Rsu, seen: &[Seen], now_ms: i64) -> SimMessage {
     let targets: Vec<_> = seen
         .iter()
-        .filter(|(p, ..)| p.ptc_type == 1)
-        .map(|(p, lat, lon, heading)| {
+        .filter(|s| s.p.ptc_type == 1)
+        .map(|s| {
+            let p = s.p;
             json!({
-                "targetId": p.id, "targetType": 3, "latitude": lat, "longitude": lon,
-                // km/h, as the real radar sends it.
-                "speed": -p.speed * 3.6, "headingAngle": heading, "acceleration": 0.0, "laneNo": p.lane,
+                "targetId": p.id, "targetType": 3, "latitude": s.lat, "longitude": s.lon,
+                // km/h, as the real radar sends it; lanes as the radar counts them.
+                "speed": -p.speed * 3.6, "headingAngle": s.heading, "acceleration": 0.0, "laneNo": p.lane,
                 "targetLength": p.size.1, "targetWidth": p.size.0, "targetHeight": p.size.2,
                 "confidenceLevel": 100, "rcs": 3_214_468_640u64, "height": 0.0
             })
@@ -379,7 +440,7 @@ fn spat(rsu: &Rsu, t: f64, now_ms: i64) -> SimMessage {
             (3, CYCLE_S - c)
         }
     };
-    let phases: Vec<_> = [(1, c), (2, (c + 30.0).rem_euclid(CYCLE_S))]
+    let phases: Vec<_> = [(PHASE_NS, c), (PHASE_EW, (c + 30.0).rem_euclid(CYCLE_S))]
         .iter()
         .map(|(id, c)| {
             let (light, left) = state(*c);
@@ -387,7 +448,19 @@ fn spat(rsu: &Rsu, t: f64, now_ms: i64) -> SimMessage {
                 "startTime": 0, "likelyEndTime": (left * 10.0).round() as i64}}}]})
         })
         .collect();
-    let moy = (now_ms / 60_000)
+    SimMessage {
+        topic: format!("V2X/RSU/{}/SPAT/UP", rsu.esn),
+        payload: json!({"msgCnt": 1, "moy": moy(now_ms), "timeStamp": now_ms.rem_euclid(60_000),
+            "intersections": [{"intersectionId": {"region": REGION, "id": rsu.number},
+            "status": "0000000000000000", "phases": phases}]})
+        .to_string()
+        .into_bytes(),
+    }
+}
+
+/// MinuteOfTheYear of `now_ms`.
+fn moy(now_ms: i64) -> i64 {
+    (now_ms / 60_000)
         - chrono::DateTime::from_timestamp_millis(now_ms)
             .and_then(|d| {
                 use chrono::Datelike;
@@ -400,15 +473,21 @@ fn spat(rsu: &Rsu, t: f64, now_ms: i64) -> SimMessage {
                     .timestamp()
                     / 60
             })
-            .unwrap_or(0);
-    SimMessage {
-        topic: format!("V2X/RSU/{}/SPAT/UP", rsu.esn),
-        payload: json!({"msgCnt": 1, "moy": moy, "timeStamp": now_ms.rem_euclid(60_000),
-            "intersections": [{"intersectionId": {"region": 1, "id": rsu.number},
-            "status": "0000000000000000", "phases": phases}]})
-        .to_string()
-        .into_bytes(),
-    }
+            .unwrap_or(0)
+}
+
+/// CSAE integer units: speed 0.02 m/s, heading 0.0125 degree, size cm (height 5 cm).
+fn speed_units(mps: f64) -> i64 {
+    (mps / 0.02).round() as i64
+}
+
+fn heading_units(deg: f64) -> i64 {
+    (deg / 0.0125).round() as i64
+}
+
+fn size_units((width, length, height): (f64, f64, f64)) -> serde_json::Value {
+    json!({"width": (width * 100.0).round() as i64, "length": (length * 100.0).round() as i64,
+        "height": (height / 0.05).round() as i64})
 }
 
 fn heartbeat(rsu: &Rsu, now_ms: i64, n: u64) -> SimMessage {
