@@ -84,6 +84,8 @@ pub struct Zone {
     vehicles: Vec<Vehicle>,
     hz: f64,
     start_ms: i64,
+    /// Ticks between two MAPs of an RSU.
+    map_every: u64,
 }
 
 /// One message to publish.
@@ -103,6 +105,21 @@ const PHASE_NS: u8 = 1;
 const PHASE_EW: u8 = 2;
 /// CSAE region of every node id (the SPAT and MAP intersection ids).
 const REGION: u8 = 1;
+/// Over the air a MAP goes out about once a second; to the cloud, where the geometry changes
+/// only with road works, RSUs send it rarely. 10 s costs little (one 16 KB message per RSU)
+/// and still lets a consumer that starts late find the lanes soon.
+const MAP_PERIOD_S: f64 = 10.0;
+/// Stop lines, metres from the intersection's centre: the six lanes' box (10.5 m from the
+/// centreline) plus a crosswalk.
+const STOP_LINE_M: f64 = 15.0;
+/// Distances along an approach of the MAP's centreline points, in the direction of travel
+/// (CSAE lists a lane's points from upstream to downstream): lanes entering the intersection
+/// end at the stop line, lanes leaving it start at the far one; both reach the end of the
+/// participants' path.
+const INGRESS_ALONG: [f64; 5] = [-200.0, -150.0, -100.0, -50.0, -STOP_LINE_M];
+const EGRESS_ALONG: [f64; 5] = [STOP_LINE_M, 50.0, 100.0, 150.0, 200.0];
+/// Every lane allows going straight only (bit 0 of AllowedManeuvers): no participant turns.
+const STRAIGHT: &str = "100000000000";
 
 impl Zone {
     pub fn new(seed: u64, rsus: usize, vehicles: usize, hz: f64, start_ms: i64) -> Zone {
@@ -150,11 +167,13 @@ impl Zone {
                 msg_cnt: (rng.next_u64() % 128) as u8,
             })
             .collect();
+        let hz = hz.max(0.1);
         Zone {
             rsus,
             vehicles,
-            hz: hz.max(0.1),
+            hz,
             start_ms,
+            map_every: ((MAP_PERIOD_S * hz).round() as u64).max(1),
         }
     }
 
@@ -174,7 +193,13 @@ impl Zone {
     pub fn messages_per_tick(&self) -> f64 {
         let r = self.rsus.len() as f64;
         let v = self.vehicles.len() as f64;
-        2.0 * r + v + 2.0 * (v / 2.0).ceil() + r / 10.0 + r / 100.0 + r / 300.0
+        2.0 * r
+            + v
+            + 2.0 * (v / 2.0).ceil()
+            + r / self.map_every as f64
+            + r / 10.0
+            + r / 100.0
+            + r / 300.0
     }
 
     /// Every message of tick `n`, in a fixed order.
@@ -184,6 +209,9 @@ impl Zone {
         let sec_mark = now_ms.rem_euclid(60_000);
         let mut out = Vec::new();
         for (i, rsu) in self.rsus.iter().enumerate() {
+            if n.is_multiple_of(self.map_every) {
+                out.push(map(rsu, n / self.map_every, now_ms));
+            }
             let seen: Vec<Seen> = rsu.participants.iter().map(|p| seen(rsu, p, t)).collect();
             out.push(rsm(rsu, i, &seen, now_ms, sec_mark));
             out.push(radar(rsu, &seen, now_ms));
@@ -352,6 +380,15 @@ fn egress_leg(approach: u8) -> u8 {
     (approach + 2) % 4 + 1
 }
 
+/// The SPAT phase that controls the movements of `approach`.
+fn phase(approach: u8) -> u8 {
+    if approach.is_multiple_of(2) {
+        PHASE_NS
+    } else {
+        PHASE_EW
+    }
+}
+
 fn e7(deg: f64) -> i64 {
     (deg * 1e7).round() as i64
 }
@@ -425,6 +462,102 @@ fn radar(rsu: &Rsu, seen: &[Seen], now_ms: i64) -> SimMessage {
             json!({"timeStamp": now_ms.to_string(), "number": targets.len(), "targets": targets})
                 .to_string()
                 .into_bytes(),
+    }
+}
+
+/// Node id of the far end of leg `leg` (1..4) of intersection `number`, where the zone's
+/// paths begin and end: apart from the intersection ids (1..N) for up to 5,500 RSUs.
+fn leg_end(number: usize, leg: u8) -> i64 {
+    10_000 + 10 * number as i64 + leg as i64
+}
+
+/// A CSAE PositionOffsetLLV choice: the smallest `position-LLn` that holds the offset from
+/// the node's reference point (1e-7 degree), as an encoder picks it.
+fn offset_ll(lat_e7: i64, lon_e7: i64, ref_lat_e7: i64, ref_lon_e7: i64) -> serde_json::Value {
+    const LIMITS: [i64; 6] = [2047, 8191, 32767, 131_071, 2_097_151, 8_388_607];
+    let (lat, lon) = (lat_e7 - ref_lat_e7, lon_e7 - ref_lon_e7);
+    let mut choice = serde_json::Map::new();
+    match LIMITS
+        .iter()
+        .position(|m| lat.abs() <= *m && lon.abs() <= *m)
+    {
+        Some(k) => choice.insert(
+            format!("position-LL{}", k + 1),
+            json!({"lon": lon, "lat": lat}),
+        ),
+        None => choice.insert(
+            "position-LatLon".into(),
+            json!({"lon": lon_e7, "lat": lat_e7}),
+        ),
+    };
+    serde_json::Value::Object(choice)
+}
+
+/// The CSAE MAP of an RSU's intersection, in the lanes its participants drive. The
+/// intersection node has one link per leg with the three lanes entering on it, each
+/// connecting straight across under the phase of its approach; four leg-end nodes carry the
+/// links leaving the intersection, whose lanes those connections name.
+fn map(rsu: &Rsu, count: u64, now_ms: i64) -> SimMessage {
+    let node_id = |id: i64| json!({"region": REGION, "id": id});
+    let ref_pos = |lat: f64, lon: f64| json!({"lat": e7(lat), "long": e7(lon), "elevation": 310});
+    // `origin`: the node whose refPos the points are offsets from (east, north in metres).
+    let lane = |id: u8, approach: u8, lane: u8, alongs: &[f64], origin: (f64, f64)| {
+        let (ref_lat, ref_lon) = absolute(rsu, origin.0, origin.1);
+        let points: Vec<_> = alongs
+            .iter()
+            .map(|along| {
+                let (east, north, _) = local(approach, lane_centre(lane), *along);
+                let (lat, lon) = absolute(rsu, east, north);
+                json!({"posOffset": {"offsetLL":
+                    offset_ll(e7(lat), e7(lon), e7(ref_lat), e7(ref_lon))}})
+            })
+            .collect();
+        // The zone's cyclists and pedestrians use the vehicle lanes too (LaneSharing bits 3
+        // individual motorized, 6 pedestrians, 7 cyclists).
+        json!({"laneID": id, "laneWidth": (LANE_WIDTH_M * 100.0) as i64,
+            "laneAttributes": {"shareWith": "0001001100", "laneType": {"vehicle": "00000000"}},
+            "maneuvers": STRAIGHT,
+            "speedLimits": [{"type": "vehicleMaxSpeed", "speed": speed_units(60.0 / 3.6)}],
+            "points": points})
+    };
+    let link_width = (f64::from(LANES) * LANE_WIDTH_M * 100.0) as i64;
+    let in_links: Vec<_> = (0..4u8)
+        .map(|a| {
+            let lanes: Vec<_> = (1..=LANES)
+                .map(|l| {
+                    let mut v = lane(ingress_lane(a, l), a, l, &INGRESS_ALONG, (0.0, 0.0));
+                    v["connectsTo"] = json!([{
+                        "remoteIntersection": node_id(leg_end(rsu.number, egress_leg(a))),
+                        "connectingLane": {"lane": egress_lane(a, l), "maneuver": STRAIGHT},
+                        "phaseId": phase(a)}]);
+                    v
+                })
+                .collect();
+            let from = leg_end(rsu.number, ingress_leg(a));
+            json!({"name": format!("{from}-{}", rsu.number), "upstreamNodeId": node_id(from),
+                "linkWidth": link_width, "lanes": lanes})
+        })
+        .collect();
+    let mut nodes = vec![json!({"name": format!("intersection {}", rsu.number),
+        "id": node_id(rsu.number as i64), "refPos": ref_pos(rsu.lat, rsu.lon), "inLinks": in_links})];
+    for a in 0..4u8 {
+        let id = leg_end(rsu.number, egress_leg(a));
+        let (east, north, _) = local(a, 0.0, PATH_M / 2.0);
+        let (lat, lon) = absolute(rsu, east, north);
+        let lanes: Vec<_> = (1..=LANES)
+            .map(|l| lane(egress_lane(a, l), a, l, &EGRESS_ALONG, (east, north)))
+            .collect();
+        nodes.push(json!({"name": format!("intersection {} leg {}", rsu.number, egress_leg(a)),
+            "id": node_id(id), "refPos": ref_pos(lat, lon),
+            "inLinks": [{"name": format!("{}-{id}", rsu.number), "upstreamNodeId": node_id(rsu.number as i64),
+                "linkWidth": link_width, "lanes": lanes}]}));
+    }
+    SimMessage {
+        topic: format!("V2X/RSU/{}/MAP/UP", rsu.esn),
+        // CSAE MapData.timeStamp is a MinuteOfTheYear.
+        payload: json!({"msgCnt": count % 128, "timeStamp": moy(now_ms), "nodes": nodes})
+            .to_string()
+            .into_bytes(),
     }
 }
 
@@ -521,8 +654,141 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::decode::Outcome;
+    use arrow::array::{Array, AsArray, RecordBatch};
+    use arrow::datatypes::{Float64Type, Int32Type, Int64Type};
+    use std::collections::{BTreeMap, BTreeSet, HashMap};
 
     const START: i64 = 1_764_320_400_000; // 2025-11-28T09:00:00Z
+
+    /// Every message of `ticks`, decoded by the real decoder (nothing may be quarantined),
+    /// per tick: table name -> its rows.
+    fn decoded(z: &mut Zone, ticks: std::ops::Range<u64>) -> Vec<HashMap<String, RecordBatch>> {
+        let mut d = crate::pipeline::build_decoder(&Config::default()).unwrap();
+        ticks
+            .map(|n| {
+                let recv_us = (START + n as i64 * 100) * 1000 + 20_000;
+                for m in z.tick(n) {
+                    if let Outcome::Quarantined(r) = d.decode(&m.topic, &m.payload, recv_us) {
+                        panic!("{} quarantined ({r})", m.topic);
+                    }
+                }
+                let mut by_table: HashMap<String, Vec<RecordBatch>> = HashMap::new();
+                for b in d.take_batches() {
+                    by_table
+                        .entry(b.table.to_string())
+                        .or_default()
+                        .push(b.batch);
+                }
+                by_table
+                    .into_iter()
+                    .map(|(t, bs)| {
+                        let all = arrow::compute::concat_batches(&bs[0].schema(), &bs).unwrap();
+                        (t, all)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    fn f64s(b: &RecordBatch, col: &str) -> Vec<Option<f64>> {
+        let c = b.column_by_name(col).unwrap();
+        c.as_primitive::<Float64Type>().iter().collect()
+    }
+
+    fn i32s(b: &RecordBatch, col: &str) -> Vec<Option<i32>> {
+        let c = b.column_by_name(col).unwrap();
+        c.as_primitive::<Int32Type>().iter().collect()
+    }
+
+    fn i64s(b: &RecordBatch, col: &str) -> Vec<Option<i64>> {
+        let c = b.column_by_name(col).unwrap();
+        c.as_primitive::<Int64Type>().iter().collect()
+    }
+
+    fn strs(b: &RecordBatch, col: &str) -> Vec<Option<String>> {
+        let c = b.column_by_name(col).unwrap();
+        c.as_string::<i32>()
+            .iter()
+            .map(|s| s.map(str::to_string))
+            .collect()
+    }
+
+    /// A list column, null lists as empty ones.
+    fn lists<T: arrow::datatypes::ArrowPrimitiveType>(
+        b: &RecordBatch,
+        col: &str,
+    ) -> Vec<Vec<T::Native>> {
+        let list = b.column_by_name(col).unwrap().as_list::<i32>();
+        (0..list.len())
+            .map(|i| match list.is_valid(i) {
+                true => list.value(i).as_primitive::<T>().iter().flatten().collect(),
+                false => Vec::new(),
+            })
+            .collect()
+    }
+
+    fn str_lists(b: &RecordBatch, col: &str) -> Vec<Vec<String>> {
+        let list = b.column_by_name(col).unwrap().as_list::<i32>();
+        (0..list.len())
+            .map(|i| {
+                let v = list.value(i);
+                v.as_string::<i32>()
+                    .iter()
+                    .flatten()
+                    .map(str::to_string)
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Metres east and north of `origin` (equirectangular on the mean earth radius: distances
+    /// of a few metres come out within a fraction of a percent, plenty for a 0.5 m bound).
+    fn metres(origin: (f64, f64), p: (f64, f64)) -> (f64, f64) {
+        const M_PER_DEG: f64 = 6_371_008.8 * std::f64::consts::PI / 180.0;
+        (
+            (p.1 - origin.1) * M_PER_DEG * origin.0.to_radians().cos(),
+            (p.0 - origin.0) * M_PER_DEG,
+        )
+    }
+
+    /// Distance of `p` from the segment `a`-`b`, all (east, north) metres.
+    fn off_segment(a: (f64, f64), b: (f64, f64), p: (f64, f64)) -> f64 {
+        let (dx, dy) = (b.0 - a.0, b.1 - a.1);
+        let len2 = dx * dx + dy * dy;
+        let u = if len2 == 0.0 {
+            0.0
+        } else {
+            (((p.0 - a.0) * dx + (p.1 - a.1) * dy) / len2).clamp(0.0, 1.0)
+        };
+        (p.0 - a.0 - u * dx).hypot(p.1 - a.1 - u * dy)
+    }
+
+    /// Distance of `p` from the infinite line through `a` and `b`.
+    fn off_line(a: (f64, f64), b: (f64, f64), p: (f64, f64)) -> f64 {
+        let (dx, dy) = (b.0 - a.0, b.1 - a.1);
+        ((p.0 - a.0) * dy - (p.1 - a.1) * dx).abs() / dx.hypot(dy)
+    }
+
+    /// The decoded MAP lanes: (source, lane id) -> (intersection id, centreline (lat, lon)).
+    type Lanes = BTreeMap<(String, i32), (i32, Vec<(f64, f64)>)>;
+
+    fn map_lanes(b: &RecordBatch) -> Lanes {
+        let (lat, lon) = (
+            lists::<Float64Type>(b, "node_lat_deg"),
+            lists::<Float64Type>(b, "node_lon_deg"),
+        );
+        let sources = strs(b, "source_id");
+        let (ids, nodes) = (i32s(b, "lane_id"), i32s(b, "intersection_id"));
+        (0..b.num_rows())
+            .map(|r| {
+                let points = lat[r].iter().copied().zip(lon[r].iter().copied()).collect();
+                (
+                    (sources[r].clone().unwrap(), ids[r].unwrap()),
+                    (nodes[r].unwrap(), points),
+                )
+            })
+            .collect()
+    }
 
     #[test]
     fn same_seed_same_bytes_other_seed_other_bytes() {
@@ -593,6 +859,179 @@ mod tests {
             d.take_batches();
         }
         assert!(messages > 6000, "{messages}");
-        assert_eq!(kinds.len(), 8, "{kinds:?}");
+        assert_eq!(kinds.len(), 9, "{kinds:?}");
+    }
+
+    #[test]
+    fn map_lanes_are_where_the_participants_drive() {
+        // 30 s: the first MAP of each RSU and 300 RSM frames, participants on most lanes.
+        let frames = decoded(&mut Zone::new(1, 4, 0, 10.0, START), 0..300);
+        let map = &frames[0]["map_lane"];
+        // Per RSU: 12 lanes entering its intersection, 12 leaving it on the four legs.
+        assert_eq!(map.num_rows(), 4 * 24);
+        let lanes = map_lanes(map);
+        assert_eq!(lanes.len(), 4 * 24, "lane ids unique within a MAP");
+        let ref_of: HashMap<String, (f64, f64)> = strs(map, "source_id")
+            .into_iter()
+            .zip(
+                f64s(map, "ref_lat_deg")
+                    .into_iter()
+                    .zip(f64s(map, "ref_lon_deg")),
+            )
+            .zip(i32s(map, "intersection_id"))
+            .filter(|(_, id)| id.unwrap() < 10_000)
+            .map(|((s, (lat, lon)), _)| (s.unwrap(), (lat.unwrap(), lon.unwrap())))
+            .collect();
+        assert_eq!(ref_of.len(), 4);
+
+        // Every RSM row names a lane of its RSU's MAP and, outside the intersection's box,
+        // lies on that lane's centreline; per lane, the path of one participant (the line
+        // through its first and last positions on the lane) runs through every MAP node.
+        let mut paths: BTreeMap<(String, i32), BTreeMap<i64, Vec<(f64, f64)>>> = BTreeMap::new();
+        let mut rows = 0;
+        for f in &frames {
+            let rsm = &f["rsm_participant"];
+            let (lat, lon) = (f64s(rsm, "lat_deg"), f64s(rsm, "lon_deg"));
+            let (src, lane, id) = (
+                strs(rsm, "source_id"),
+                strs(rsm, "lane"),
+                i64s(rsm, "ptc_id"),
+            );
+            for r in 0..rsm.num_rows() {
+                let src = src[r].clone().unwrap();
+                // Std units send the id, DAWNLINE ones `lane_<id>`.
+                let lane_id: i32 = lane[r]
+                    .as_deref()
+                    .unwrap()
+                    .trim_start_matches("lane_")
+                    .parse()
+                    .unwrap();
+                let key = (src.clone(), lane_id);
+                let (_, nodes) = lanes
+                    .get(&key)
+                    .unwrap_or_else(|| panic!("{key:?} not in the MAP"));
+                let origin = ref_of[&src];
+                let p = metres(origin, (lat[r].unwrap(), lon[r].unwrap()));
+                if p.0.abs().max(p.1.abs()) < STOP_LINE_M {
+                    continue; // crossing the box, between two lanes
+                }
+                let nodes: Vec<_> = nodes.iter().map(|n| metres(origin, *n)).collect();
+                let off = nodes
+                    .windows(2)
+                    .map(|w| off_segment(w[0], w[1], p))
+                    .fold(f64::INFINITY, f64::min);
+                assert!(
+                    off < 0.5,
+                    "{key:?} participant {:?} {off:.3} m off its lane",
+                    id[r]
+                );
+                paths
+                    .entry(key)
+                    .or_default()
+                    .entry(id[r].unwrap())
+                    .or_default()
+                    .push(p);
+                rows += 1;
+            }
+        }
+        assert!(rows > 10_000, "{rows}");
+        let mut checked = 0;
+        for (key, by_participant) in &paths {
+            let Some(track) = by_participant.values().find(|t| t.len() >= 20) else {
+                continue;
+            };
+            let (a, b) = (track[0], track[track.len() - 1]);
+            let origin = ref_of[&key.0];
+            for n in &lanes[key].1 {
+                let off = off_line(a, b, metres(origin, *n));
+                assert!(off < 0.5, "{key:?}: node {n:?} {off:.3} m off the path");
+            }
+            checked += 1;
+        }
+        assert!(checked >= 30, "only {checked} lanes had a participant");
+    }
+
+    #[test]
+    fn map_connections_are_controlled_by_the_simulated_spat_phases() {
+        let frames = decoded(&mut Zone::new(1, 4, 0, 10.0, START), 0..11);
+        let map = &frames[0]["map_lane"];
+        let mut phases = BTreeSet::new();
+        for f in &frames {
+            if let Some(spat) = f.get("spat_phase") {
+                let (src, node, phase) = (
+                    strs(spat, "source_id"),
+                    i32s(spat, "intersection_id"),
+                    i32s(spat, "phase_id"),
+                );
+                for r in 0..spat.num_rows() {
+                    phases.insert((src[r].clone().unwrap(), node[r].unwrap(), phase[r].unwrap()));
+                }
+            }
+        }
+        assert_eq!(
+            phases.len(),
+            4 * 2,
+            "two phases per intersection: {phases:?}"
+        );
+        let lanes = map_lanes(map);
+        let (src, node, lane) = (
+            strs(map, "source_id"),
+            i32s(map, "intersection_id"),
+            i32s(map, "lane_id"),
+        );
+        let groups = lists::<Int32Type>(map, "connects_to_signal_group");
+        let to_lane = lists::<Int32Type>(map, "connects_to_lane");
+        let to_node = lists::<Int32Type>(map, "connects_to_intersection");
+        let maneuvers = str_lists(map, "maneuvers");
+        let mut controlling = BTreeSet::new();
+        let mut connections = 0;
+        for r in 0..map.num_rows() {
+            let src = src[r].clone().unwrap();
+            assert_eq!(maneuvers[r], ["straight"]);
+            assert_eq!(groups[r].len(), to_lane[r].len());
+            for ((group, egress), egress_node) in groups[r].iter().zip(&to_lane[r]).zip(&to_node[r])
+            {
+                let key = (src.clone(), node[r].unwrap(), *group);
+                assert!(phases.contains(&key), "{key:?} is no simulated SPAT phase");
+                controlling.insert(key.clone());
+                // The connection names a lane of the MAP, at the node it says, straight ahead:
+                // the lane leaving continues the line of the lane entering.
+                let (entering, leaving) = (
+                    &lanes[&(src.clone(), lane[r].unwrap())].1,
+                    &lanes[&(src.clone(), *egress)],
+                );
+                assert_eq!(leaving.0, *egress_node);
+                let origin = entering[0];
+                let (a, b) = (
+                    metres(origin, entering[0]),
+                    metres(origin, entering[entering.len() - 1]),
+                );
+                for n in &leaving.1 {
+                    assert!(off_line(a, b, metres(origin, *n)) < 0.5);
+                }
+                // Phase 1 lets the north-south lanes go (constant longitude), phase 2 the
+                // east-west ones (constant latitude).
+                let along_lon = entering.iter().all(|n| (n.1 - entering[0].1).abs() < 1e-6);
+                let along_lat = entering.iter().all(|n| (n.0 - entering[0].0).abs() < 1e-6);
+                assert_eq!(
+                    (along_lon, along_lat),
+                    (*group == 1, *group == 2),
+                    "{key:?}"
+                );
+                connections += 1;
+            }
+        }
+        assert_eq!(
+            connections,
+            4 * 12,
+            "one connection per lane entering an intersection"
+        );
+        assert_eq!(controlling, phases, "every SPAT phase controls lanes");
+        assert!(f64s(map, "lane_width_m").iter().all(|w| *w == Some(3.5)));
+        assert!(
+            lists::<Float64Type>(map, "speed_limit_mps")
+                .iter()
+                .all(|v| v == &[16.66])
+        );
     }
 }
