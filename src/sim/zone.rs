@@ -120,6 +120,11 @@ const INGRESS_ALONG: [f64; 5] = [-200.0, -150.0, -100.0, -50.0, -STOP_LINE_M];
 const EGRESS_ALONG: [f64; 5] = [STOP_LINE_M, 50.0, 100.0, 150.0, 200.0];
 /// Every lane allows going straight only (bit 0 of AllowedManeuvers): no participant turns.
 const STRAIGHT: &str = "100000000000";
+/// A traffic cone stands on the outer edge line of one approach's kerb lane, 40 m before the
+/// stop line, for the first 20 s of every minute: some SSMs carry an obstacle, most do not.
+const CONE_CYCLE_S: f64 = 60.0;
+const CONE_OUT_S: f64 = 20.0;
+const CONE_BEFORE_STOP_M: f64 = 40.0;
 
 impl Zone {
     pub fn new(seed: u64, rsus: usize, vehicles: usize, hz: f64, start_ms: i64) -> Zone {
@@ -193,7 +198,14 @@ impl Zone {
     pub fn messages_per_tick(&self) -> f64 {
         let r = self.rsus.len() as f64;
         let v = self.vehicles.len() as f64;
-        2.0 * r
+        let vrus = self
+            .rsus
+            .iter()
+            .flat_map(|r| &r.participants)
+            .filter(|p| p.ptc_type != 1)
+            .count() as f64;
+        3.0 * r
+            + vrus
             + v
             + 2.0 * (v / 2.0).ceil()
             + r / self.map_every as f64
@@ -215,6 +227,13 @@ impl Zone {
             let seen: Vec<Seen> = rsu.participants.iter().map(|p| seen(rsu, p, t)).collect();
             out.push(rsm(rsu, i, &seen, now_ms, sec_mark));
             out.push(radar(rsu, &seen, now_ms));
+            out.push(ssm(rsu, &seen, n, t, sec_mark));
+            // PSMs at the RSM's rate: the RSU relays each pedestrian and cyclist as it perceives
+            // them, so a PSM and the RSM row of one tick describe the same instant; a lower rate
+            // would save little (a few people per RSU).
+            for s in seen.iter().filter(|s| s.p.ptc_type != 1) {
+                out.push(psm(rsu, s, n, sec_mark));
+            }
             if n.is_multiple_of(10) {
                 out.push(spat(rsu, t, now_ms));
             }
@@ -311,6 +330,8 @@ struct Seen<'a> {
     lat: f64,
     lon: f64,
     heading: f64,
+    /// Metres along its approach, negative before the intersection's centre.
+    along: f64,
     /// The MAP lane it is in (see [`ingress_lane`]).
     lane: u8,
 }
@@ -330,6 +351,7 @@ fn seen<'a>(rsu: &Rsu, p: &'a Participant, t: f64) -> Seen<'a> {
         lat,
         lon,
         heading,
+        along,
         lane,
     }
 }
@@ -558,6 +580,80 @@ fn map(rsu: &Rsu, count: u64, now_ms: i64) -> SimMessage {
         payload: json!({"msgCnt": count % 128, "timeStamp": moy(now_ms), "nodes": nodes})
             .to_string()
             .into_bytes(),
+    }
+}
+
+/// CSAE 157 SSM: the RSU shares every participant of its RSM (offsets from sensorPos, the
+/// RSM's refPos) and, while it is out, the cone.
+fn ssm(rsu: &Rsu, seen: &[Seen], n: u64, t: f64, sec_mark: i64) -> SimMessage {
+    let (ref_lat, ref_lon) = (e7(rsu.lat), e7(rsu.lon));
+    let participants: Vec<_> = seen
+        .iter()
+        .map(|s| {
+            let p = s.p;
+            // DetectedPTCType: car, cyclist, pedestrian.
+            let detected = match p.ptc_type {
+                1 => 3,
+                2 => 7,
+                _ => 10,
+            };
+            // Tracked since it (re)entered its path, or since the RSU started.
+            let tracking = ((s.along + PATH_M / 2.0) / p.speed).min(t).floor() as i64;
+            json!({"ptc": {"ptcType": p.ptc_type, "ptcId": p.id, "source": 7, "secMark": sec_mark,
+                    "pos": {"offsetLL": offset_ll(e7(s.lat), e7(s.lon), ref_lat, ref_lon)},
+                    "speed": speed_units(p.speed), "heading": heading_units(s.heading),
+                    "size": size_units(p.size)},
+                "detectedPTCType": detected, "typeConfidence": 180, "tracking": tracking})
+        })
+        .collect();
+    // "RSU" in ASCII, then the intersection number: 8 octets as hex text.
+    let id = format!("{:016X}", 0x5253_5500_0000_0000u64 | rsu.number as u64);
+    let mut v = json!({"msgCnt": n % 128, "id": id, "equipmentType": 1, "secMark": sec_mark,
+        "sensorPos": {"lat": ref_lat, "long": ref_lon}, "participants": participants});
+    let out_for = t.rem_euclid(CONE_CYCLE_S);
+    if out_for < CONE_OUT_S {
+        let approach = (rsu.number % 4) as u8;
+        let (east, north, heading) = local(
+            approach,
+            f64::from(LANES) * LANE_WIDTH_M,
+            -STOP_LINE_M - CONE_BEFORE_STOP_M,
+        );
+        let (lat, lon) = absolute(rsu, east, north);
+        // ObstacleType 6 traffic cone; sizes in 10 cm. Its id is apart from the
+        // participants' (1000 per RSU, from 1).
+        v["obstacles"] = json!([{"obsType": 6, "objTypeConfidence": 160,
+            "obsId": rsu.number * 1000 - 1, "source": 7, "secMark": sec_mark,
+            "pos": {"offsetLL": offset_ll(e7(lat), e7(lon), ref_lat, ref_lon)},
+            "speed": 0, "heading": heading_units(heading),
+            "size": {"width": 4, "length": 4, "height": 7}, "tracking": out_for.floor() as i64}]);
+    }
+    SimMessage {
+        topic: format!("V2X/RSU/{}/SSM/UP", rsu.esn),
+        payload: v.to_string().into_bytes(),
+    }
+}
+
+/// CSAE 157 PSM the RSU sends for a pedestrian or cyclist it perceives. Every person is
+/// tracked from the RSU's first tick (the zone's participants never leave, they wrap around
+/// their path), so each one's msgCnt counts from 0 then and all move in step: the
+/// collector's message-counter check, per source (the RSU), sees no false gaps.
+fn psm(rsu: &Rsu, s: &Seen, n: u64, sec_mark: i64) -> SimMessage {
+    let p = s.p;
+    // PersonalDeviceUserType 1 pedestrian (HumanPropelledType 2 on foot), 2 pedal cyclist
+    // (1 other types).
+    let (basic_type, human) = if p.ptc_type == 3 { (1, 2) } else { (2, 1) };
+    let payload = json!({"msgCnt": n % 128, "id": format!("{:016X}", p.id), "secMark": sec_mark,
+        "pos": {"lat": e7(s.lat), "long": e7(s.lon)},
+        // 0.5 m accuracy (0.05 m units), no orientation.
+        "posAccuracy": {"semiMajor": 10, "semiMinor": 10, "orientation": 65535},
+        "speed": speed_units(p.speed), "heading": heading_units(s.heading),
+        "accelSet": {"long": 0, "lat": 0, "vert": 0, "yaw": 0},
+        // Half the larger horizontal size, in 0.1 m.
+        "overallRadius": (p.size.0.max(p.size.1) * 5.0).round() as i64,
+        "non-motorData": {"basicType": basic_type, "propulsion": {"human": human}}});
+    SimMessage {
+        topic: format!("V2X/RSU/{}/PSM/UP", rsu.esn),
+        payload: payload.to_string().into_bytes(),
     }
 }
 
@@ -859,7 +955,9 @@ mod tests {
             d.take_batches();
         }
         assert!(messages > 6000, "{messages}");
-        assert_eq!(kinds.len(), 9, "{kinds:?}");
+        assert_eq!(kinds.len(), 11, "{kinds:?}");
+        // Per source (BSM per vehicle, PSM per RSU) the message counters never jump.
+        assert_eq!(d.sequence_gaps().total_missed, 0);
     }
 
     #[test]
@@ -1032,6 +1130,215 @@ mod tests {
             lists::<Float64Type>(map, "speed_limit_mps")
                 .iter()
                 .all(|v| v == &[16.66])
+        );
+    }
+
+    /// One perceived participant as a decoded row gives it.
+    #[derive(Debug, Clone, PartialEq)]
+    struct Row {
+        ptc_type: Option<String>,
+        lat: f64,
+        lon: f64,
+        speed: f64,
+        heading: f64,
+        size: [f64; 3],
+    }
+
+    /// Rows of `b` (those `keep` keeps) by (source, id), the type from `type_col`; sizes
+    /// are 0 in a table without them.
+    fn rows_by_id(
+        b: &RecordBatch,
+        ids: &[i64],
+        type_col: &str,
+        keep: impl Fn(usize) -> bool,
+    ) -> BTreeMap<(String, i64), Row> {
+        let src = strs(b, "source_id");
+        let ty = strs(b, type_col);
+        let cols = [
+            "lat_deg",
+            "lon_deg",
+            "speed_mps",
+            "heading_deg",
+            "width_m",
+            "length_m",
+            "height_m",
+        ];
+        let v: Vec<Vec<Option<f64>>> = cols
+            .iter()
+            .map(|c| match b.column_by_name(c) {
+                Some(_) => f64s(b, c),
+                None => vec![Some(0.0); b.num_rows()],
+            })
+            .collect();
+        (0..b.num_rows())
+            .filter(|r| keep(*r))
+            .map(|r| {
+                let f = |c: usize| v[c][r].unwrap();
+                let row = Row {
+                    ptc_type: ty[r].clone(),
+                    lat: f(0),
+                    lon: f(1),
+                    speed: f(2),
+                    heading: f(3),
+                    size: [f(4), f(5), f(6)],
+                };
+                ((src[r].clone().unwrap(), ids[r]), row)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ssm_objects_and_psms_of_a_tick_are_its_rsm_participants() {
+        // 25 s: the cone is out for the first 20 s, and msgCnt wraps at 128.
+        let frames = decoded(&mut Zone::new(1, 4, 0, 10.0, START), 0..250);
+        let lanes = map_lanes(&frames[0]["map_lane"]);
+        let mut last_cnt: HashMap<(String, i64), i32> = HashMap::new();
+        let mut psms = 0;
+        for (n, f) in frames.iter().enumerate() {
+            let rsm = &f["rsm_participant"];
+            let profile = strs(rsm, "profile");
+            let dawnline: BTreeSet<String> = strs(rsm, "source_id")
+                .into_iter()
+                .zip(&profile)
+                .filter(|(_, p)| p.as_deref() != Some("std"))
+                .filter_map(|(s, _)| s)
+                .collect();
+            let ids: Vec<i64> = i64s(rsm, "ptc_id").into_iter().flatten().collect();
+            let rsm = rows_by_id(rsm, &ids, "ptc_type", |_| true);
+            // DAWNLINE units send floats where SSM and PSM send the CSAE integers: equal to
+            // the integer unit's half. Std units send the same integers: equal.
+            let same = |key: &(String, i64), a: &Row, b: &Row, what: &str| {
+                let (deg, speed, size) = if dawnline.contains(&key.0) {
+                    (1e-6, 0.01, 0.025)
+                } else {
+                    (1e-9, 1e-9, 1e-9)
+                };
+                assert!(
+                    (a.lat - b.lat).abs() < deg && (a.lon - b.lon).abs() < deg,
+                    "{what} {key:?}: {a:?} {b:?}"
+                );
+                assert!(
+                    (a.speed - b.speed).abs() < speed,
+                    "{what} {key:?}: {a:?} {b:?}"
+                );
+                assert!(
+                    (a.heading - b.heading).abs() < 1e-9,
+                    "{what} {key:?}: {a:?} {b:?}"
+                );
+                for k in 0..3 {
+                    assert!(
+                        (a.size[k] - b.size[k]).abs() < size,
+                        "{what} {key:?}: {a:?} {b:?}"
+                    );
+                }
+            };
+
+            let ssm = &f["ssm_object"];
+            let class = strs(ssm, "object_class");
+            let types = strs(ssm, "object_type");
+            let ids: Vec<i64> = i64s(ssm, "object_id").into_iter().flatten().collect();
+            let shared = rows_by_id(ssm, &ids, "ptc_type", |r| {
+                class[r].as_deref() == Some("participant")
+            });
+            assert_eq!(
+                shared.keys().collect::<Vec<_>>(),
+                rsm.keys().collect::<Vec<_>>(),
+                "tick {n}"
+            );
+            for (key, row) in &shared {
+                let seen = &rsm[key];
+                assert_eq!(row.ptc_type, seen.ptc_type);
+                same(key, row, seen, "ssm");
+            }
+            for r in (0..ssm.num_rows()).filter(|r| class[*r].as_deref() == Some("participant")) {
+                let ptc = strs(ssm, "ptc_type")[r].clone().unwrap();
+                let detected = match ptc.as_str() {
+                    "motor" => "car",
+                    "non_motor" => "cyclist",
+                    _ => "pedestrian",
+                };
+                assert_eq!(types[r].as_deref(), Some(detected));
+            }
+
+            // The cone: one per RSU while it is out, on the outer edge of a kerb lane.
+            let cones: Vec<usize> = (0..ssm.num_rows())
+                .filter(|r| class[*r].as_deref() == Some("obstacle"))
+                .collect();
+            assert_eq!(cones.len(), if n < 200 { 4 } else { 0 }, "tick {n}");
+            let (src, lat, lon) = (
+                strs(ssm, "source_id"),
+                f64s(ssm, "lat_deg"),
+                f64s(ssm, "lon_deg"),
+            );
+            for r in cones {
+                assert_eq!(types[r].as_deref(), Some("traffic_cone"));
+                assert_eq!(f64s(ssm, "speed_mps")[r], Some(0.0));
+                let src = src[r].clone().unwrap();
+                let at = (lat[r].unwrap(), lon[r].unwrap());
+                let kerb_lanes = lanes
+                    .iter()
+                    .filter(|((s, id), _)| *s == src && id % 10 == 3);
+                let off = kerb_lanes
+                    .map(|(_, (_, nodes))| {
+                        let p = metres(nodes[0], at);
+                        let nodes: Vec<_> = nodes.iter().map(|x| metres(nodes[0], *x)).collect();
+                        nodes
+                            .windows(2)
+                            .map(|w| off_segment(w[0], w[1], p))
+                            .fold(f64::INFINITY, f64::min)
+                    })
+                    .fold(f64::INFINITY, f64::min);
+                assert!(
+                    (off - LANE_WIDTH_M / 2.0).abs() < 0.1,
+                    "cone {off:.2} m from a kerb lane's centre"
+                );
+            }
+
+            // A PSM for each pedestrian and cyclist of the RSM, its counter one up.
+            let psm = &f["psm"];
+            let ids: Vec<i64> = strs(psm, "person_id")
+                .iter()
+                .map(|s| i64::from_str_radix(s.as_deref().unwrap(), 16).unwrap())
+                .collect();
+            let psm_rows = rows_by_id(psm, &ids, "basic_type", |_| true);
+            let (cnt, psm_src) = (i32s(psm, "msg_cnt"), strs(psm, "source_id"));
+            let vrus: Vec<_> = rsm
+                .iter()
+                .filter(|(_, r)| r.ptc_type.as_deref() != Some("motor"))
+                .collect();
+            assert_eq!(
+                psm_rows.keys().collect::<Vec<_>>(),
+                vrus.iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+                "tick {n}"
+            );
+            for (key, seen) in vrus {
+                let person = &psm_rows[key];
+                let who = match seen.ptc_type.as_deref() {
+                    Some("pedestrian") => "pedestrian",
+                    _ => "pedal_cyclist",
+                };
+                assert_eq!(person.ptc_type.as_deref(), Some(who));
+                // A PSM has no size.
+                let person = Row {
+                    ptc_type: seen.ptc_type.clone(),
+                    size: seen.size,
+                    ..person.clone()
+                };
+                same(key, &person, seen, "psm");
+            }
+            for (r, c) in cnt.iter().enumerate() {
+                let key = (psm_src[r].clone().unwrap(), ids[r]);
+                let c = c.unwrap();
+                if let Some(before) = last_cnt.insert(key.clone(), c) {
+                    assert_eq!(c, (before + 1) % 128, "{key:?} at tick {n}");
+                }
+                psms += 1;
+            }
+        }
+        assert!(
+            psms > 1000 && last_cnt.len() > 4,
+            "{psms} PSMs of {} people",
+            last_cnt.len()
         );
     }
 }
