@@ -3,11 +3,18 @@
 //! payloads.
 //!
 //! Per tick (1 / hz): each RSU sends an RSM of the participants crossing its intersection
-//! (even RSUs in the OpenV2X std integer shape, odd ones in the DAWNLINE float shape) and its
-//! radar a track frame; each vehicle a BSM (std integers or vendor floats, alternating), and
-//! instrumented vehicles (every second one) their state and perceived objects. Every 10 ticks
-//! each RSU sends SPAT from a 60 s signal cycle; every 100 a heartbeat; every 300 (from tick 5)
-//! an RSI event.
+//! (even RSUs in the OpenV2X std integer shape, odd ones in the DAWNLINE float shape), an SSM
+//! sharing the same participants (CSAE std; a traffic cone too for the first 20 s of every
+//! minute), a PSM for each pedestrian and cyclist among them (CSAE std), and its radar a track
+//! frame; each vehicle a BSM (std integers or vendor floats, alternating), and instrumented
+//! vehicles (every second one) their state and perceived objects. Every 10 s (and at its first
+//! tick) each RSU sends the CSAE MAP of its intersection; every 10 ticks SPAT from a 60 s
+//! signal cycle; every 100 a heartbeat; every 300 (from tick 5) an RSI event.
+//!
+//! The messages agree with each other: one geometry (`local`) places participants, MAP
+//! lanes and the cone; the RSM, SSM, PSM and radar of a tick are written from one `Seen`
+//! per participant; the RSM lane is a MAP lane id; MAP's intersection ids and phase ids are
+//! SPAT's.
 
 use serde_json::json;
 
