@@ -291,7 +291,7 @@ struct SimulateArgs {
     /// Vehicles (every second one instrumented: state and objects too).
     #[arg(long, default_value_t = 10)]
     vehicles: usize,
-    /// Ticks per second (RSM, radar, BSM rate).
+    /// Ticks per second (RSM, SSM, PSM, radar, BSM rate).
     #[arg(long, default_value_t = 10.0)]
     hz: f64,
     /// Stop after this many seconds (default: at Ctrl-C).

@@ -19,14 +19,17 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tungstenite::{Message, WebSocket};
 
-/// Every kind `simulate` produces (src/sim/zone.rs; its unit test checks there are 8).
-const FLEET_KINDS: [&str; 8] = [
+/// Every kind `simulate` produces (src/sim/zone.rs; its unit test checks there are 11).
+const FLEET_KINDS: [&str; 11] = [
     "bsm",
     "device_status",
+    "map_lane",
+    "psm",
     "radar_target",
     "rsi_event",
     "rsm_participant",
     "spat_phase",
+    "ssm_object",
     "vehicle_object",
     "vehicle_state",
 ];

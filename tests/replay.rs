@@ -91,6 +91,9 @@ fn simulate_fills_every_kind_with_nothing_quarantined() {
         "vehicle_state",
         "vehicle_object",
         "device_status",
+        "map_lane",
+        "psm",
+        "ssm_object",
     ] {
         let rows = read_table(&ws.data(), kind).0.map_or(0, |b| b.num_rows());
         assert!(rows > 0, "no {kind} rows");
