@@ -446,7 +446,7 @@ fn garbage_unknown_topics_and_hostile_ids_land_in_quarantine() {
         .unwrap()
         .into_iter()
         .map(|s| s.kind)
-        .chain(["_quarantine".to_string()])
+        .chain(["_quarantine".to_string(), "_messages".to_string()])
         .collect();
     assert_eq!(tables, kinds);
     let outside: Vec<_> = all_files(ws.path())

@@ -34,7 +34,7 @@ pub const US_PER_HOUR: i64 = 3_600_000_000;
 pub struct KindDecoder {
     pub schema: KindSchema,
     /// Index of the message-counter column and its modulo, when the schema declares one.
-    sequence: Option<(usize, i64)>,
+    sequence: Option<(usize, i64, Option<usize>)>,
     gaps: metrics::Counter,
     gap_messages: metrics::Counter,
     pub arrow: SchemaRef,
@@ -73,7 +73,11 @@ impl KindDecoder {
             .collect();
         let sequence = schema.sequence.as_ref().and_then(|s| {
             let i = schema.columns.iter().position(|c| c.name == s.column)?;
-            Some((i, s.modulo))
+            let per = s
+                .per
+                .as_ref()
+                .and_then(|p| schema.columns.iter().position(|c| &c.name == p));
+            Some((i, s.modulo, per))
         });
         Ok(KindDecoder {
             sequence,
@@ -751,7 +755,7 @@ impl Decoder {
 
     /// Message-counter jumps per source become a metric and a log line.
     fn track_sequence(&mut self, kind: usize, s: &Staged) {
-        let Some((col, modulo)) = self.kinds[kind].sequence else {
+        let Some((col, modulo, per)) = self.kinds[kind].sequence else {
             return;
         };
         if !self.track_gaps {
@@ -764,7 +768,13 @@ impl Decoder {
         let Some(Cell::I64(v)) = s.cells.get(col) else {
             return;
         };
-        let missed = self.sequences.observe(kind, &s.source_id, *v, modulo);
+        // The counter's owner: the source, or the source and the device it relays for.
+        let owner: Cow<str> = match per.and_then(|p| s.cells.get(p)) {
+            Some(Cell::Str(id)) => Cow::Owned(format!("{}/{id}", s.source_id)),
+            Some(Cell::I64(id)) => Cow::Owned(format!("{}/{id}", s.source_id)),
+            _ => Cow::Borrowed(&s.source_id),
+        };
+        let missed = self.sequences.observe(kind, &owner, *v, modulo);
         if missed > 0 {
             self.activity.gap(&s.source_id);
             let k = &self.kinds[kind];

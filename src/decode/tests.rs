@@ -1349,3 +1349,23 @@ fn every_message_of_every_capture_is_filed() {
     assert_eq!(tables[crate::message_index::TABLE].num_rows(), 2049);
     assert!(!tables.contains_key(crate::quarantine::TABLE));
 }
+
+#[test]
+fn relayed_psm_counters_are_followed_per_person() {
+    let mut d = decoder();
+    let recv = us("2026-12-01T08:00:30Z");
+    let psm = |id: &str, cnt: u32| {
+        format!(
+            r#"{{"msgCnt": {cnt}, "id": "{id}", "secMark": 23100, "pos": {{"lat": 319353469, "long": 1188219331}}, "speed": 70, "heading": 7200}}"#
+        )
+    };
+    // One roadside unit relays two pedestrians, each counting on its own: no gap.
+    for cnt in 0..5 {
+        filed(&mut d, "V2X/RSU/R1/PSM/UP", &psm("AA", cnt), recv);
+        filed(&mut d, "V2X/RSU/R1/PSM/UP", &psm("BB", 100 + cnt), recv);
+    }
+    assert_eq!(d.sequence_gaps().total_missed, 0);
+    // A jump of one person's counter is a gap.
+    filed(&mut d, "V2X/RSU/R1/PSM/UP", &psm("AA", 9), recv);
+    assert_eq!(d.sequence_gaps().total_missed, 4);
+}

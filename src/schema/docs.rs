@@ -190,9 +190,14 @@ fn kind(out: &mut String, s: &KindSchema, unit: TimestampUnit) -> fmt::Result {
     match &s.sequence {
         Some(seq) => writeln!(
             out,
-            "- Sequence column: `{}`, counting modulo {} per source; a jump reveals lost \
+            "- Sequence column: `{}`, counting modulo {} per source{}; a jump reveals lost \
              messages",
-            seq.column, seq.modulo
+            seq.column,
+            seq.modulo,
+            seq.per
+                .as_ref()
+                .map(|p| format!(" and `{p}`"))
+                .unwrap_or_default()
         )?,
         None => writeln!(out, "- Sequence column: none")?,
     }

@@ -390,6 +390,10 @@ pub struct ProfileDef {
 pub struct SequenceDef {
     pub column: String,
     pub modulo: i64,
+    /// A column whose value names the counter's owner when one source relays several (a
+    /// roadside unit forwarding the PSMs of many pedestrians: each device counts on its own).
+    #[serde(default)]
+    pub per: Option<String>,
 }
 
 /// A kind's schema file.
@@ -490,6 +494,14 @@ impl KindSchema {
                 return Err(
                     self.invalid("sequence.column must be an integer column and modulo >= 2")
                 );
+            }
+            if let Some(per) = &seq.per
+                && !self
+                    .columns
+                    .iter()
+                    .any(|c| &c.name == per && !c.ty.is_list())
+            {
+                return Err(self.invalid(format!("sequence.per column {per} is not declared")));
             }
         }
         if !self.profiles.contains_key(&self.default_profile) {
