@@ -992,7 +992,9 @@ mod tests {
         // Every RSM row names a lane of its RSU's MAP and, outside the intersection's box,
         // lies on that lane's centreline; per lane, the path of one participant (the line
         // through its first and last positions on the lane) runs through every MAP node.
-        let mut paths: BTreeMap<(String, i32), BTreeMap<i64, Vec<(f64, f64)>>> = BTreeMap::new();
+        // (source, lane) -> participant id -> its positions on that lane.
+        type Paths = BTreeMap<(String, i32), BTreeMap<i64, Vec<(f64, f64)>>>;
+        let mut paths: Paths = BTreeMap::new();
         let mut rows = 0;
         for f in &frames {
             let rsm = &f["rsm_participant"];
