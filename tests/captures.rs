@@ -175,9 +175,26 @@ fn publish_everything(protocol: &str) {
     assert_eq!(f64s(&bsm, "speed_mps")[ode], Some(0.0));
     assert_eq!(f64s(&bsm, "heading_deg")[ode], Some(359.4));
 
-    // The index has a row for every message, the empty-handed ones included.
+    // The index has a row for every message, the empty-handed ones included, and `ls
+    // --sources` sums it up per source and kind.
     let index = table(&data, "_messages");
     assert!(index.column_by_name("delay_ms").unwrap().null_count() < index.num_rows());
+    let out = run_ok(
+        bin().args(["ls", "--sources", "--json", "--data"]).arg(&data),
+        "ls --sources",
+    );
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let radar = lines
+        .iter()
+        .find(|l| l["source_id"] == "N22W75HMBLD" && l["kind"] == "radar_target")
+        .unwrap();
+    assert_eq!(radar["messages"], 500);
+    assert_eq!(radar["rows"], 11_165);
+    let total: u64 = lines.iter().map(|l| l["messages"].as_u64().unwrap()).sum();
+    assert_eq!(total, 2_049);
     assert_dataset_is_clean(&data);
 }
 
