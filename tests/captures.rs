@@ -180,7 +180,9 @@ fn publish_everything(protocol: &str) {
     let index = table(&data, "_messages");
     assert!(index.column_by_name("delay_ms").unwrap().null_count() < index.num_rows());
     let out = run_ok(
-        bin().args(["ls", "--sources", "--json", "--data"]).arg(&data),
+        bin()
+            .args(["ls", "--sources", "--json", "--data"])
+            .arg(&data),
         "ls --sources",
     );
     let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
@@ -195,6 +197,31 @@ fn publish_everything(protocol: &str) {
     assert_eq!(radar["rows"], 11_165);
     let total: u64 = lines.iter().map(|l| l["messages"].as_u64().unwrap()).sum();
     assert_eq!(total, 2_049);
+
+    // Lists survive an export: CSV holds each as a JSON array in one cell (a bare file name
+    // as --out writes beside the working directory).
+    let out = run_ok(
+        bin()
+            .current_dir(dir.path())
+            .args(["export", "--kind", "map_lane", "--out", "lanes.csv"]),
+        "export map_lane to CSV",
+    );
+    assert!(out.status.success());
+    let mut reader = csv::Reader::from_path(dir.path().join("lanes.csv")).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    let col = headers.iter().position(|h| h == "node_lat_deg").unwrap();
+    let lane_col = headers.iter().position(|h| h == "lane_id").unwrap();
+    let rows: Vec<csv::StringRecord> = reader.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 28);
+    let lane2 = rows.iter().find(|r| &r[lane_col] == "2").unwrap();
+    let nodes: Vec<f64> = serde_json::from_str(&lane2[col]).unwrap();
+    // serde_json's default float parsing may be one unit in the last place off.
+    assert_eq!(nodes.len(), lat.len());
+    assert!(
+        nodes.iter().zip(&lat).all(|(a, b)| (a - b).abs() < 1e-12),
+        "{nodes:?}"
+    );
+    assert!(dir.path().join("lanes.csv.schema.json").exists());
     assert_dataset_is_clean(&data);
 }
 

@@ -323,6 +323,68 @@ pub async fn run(
     sink.drain(&mut stream, |_| {}).await
 }
 
+/// CSV has no lists: each list column (a lane's node positions, its connections) becomes text
+/// holding the list as a JSON array (`[39.5953377,39.5953232]`, `["straight","left"]`, null
+/// elements as `null`, a null list as an empty cell), which every CSV reader keeps in one cell.
+fn lists_as_json_text(batch: &RecordBatch) -> Result<RecordBatch, QueryError> {
+    use datafusion::arrow::array::{Array, ArrayRef, AsArray, StringBuilder};
+    use datafusion::arrow::datatypes::{Field, Float64Type, Int32Type, Int64Type, Schema};
+    if !batch
+        .schema()
+        .fields()
+        .iter()
+        .any(|f| matches!(f.data_type(), DataType::List(_)))
+    {
+        return Ok(batch.clone());
+    }
+    let mut fields = Vec::with_capacity(batch.num_columns());
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(batch.num_columns());
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        let DataType::List(item) = field.data_type() else {
+            fields.push(field.as_ref().clone());
+            columns.push(column.clone());
+            continue;
+        };
+        let list = column.as_list::<i32>();
+        let mut text = StringBuilder::new();
+        for i in 0..list.len() {
+            if list.is_null(i) {
+                text.append_null();
+                continue;
+            }
+            let v = list.value(i);
+            let items: Vec<serde_json::Value> = match item.data_type() {
+                DataType::Float64 => v
+                    .as_primitive::<Float64Type>()
+                    .iter()
+                    .map(|x| x.into())
+                    .collect(),
+                DataType::Int64 => v
+                    .as_primitive::<Int64Type>()
+                    .iter()
+                    .map(|x| x.into())
+                    .collect(),
+                DataType::Int32 => v
+                    .as_primitive::<Int32Type>()
+                    .iter()
+                    .map(|x| x.into())
+                    .collect(),
+                DataType::Utf8 => v.as_string::<i32>().iter().map(|x| x.into()).collect(),
+                other => {
+                    return Err(QueryError::Encode(format!(
+                        "column {}: lists of {other} have no CSV form",
+                        field.name()
+                    )));
+                }
+            };
+            text.append_value(serde_json::Value::Array(items).to_string());
+        }
+        fields.push(Field::new(field.name(), DataType::Utf8, true));
+        columns.push(Arc::new(text.finish()));
+    }
+    RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).map_err(encode_err)
+}
+
 /// Where a result goes, batch by batch. A file is written under a temporary name (starting
 /// with `.`) and renamed into place when complete, so a reader never sees half of it.
 pub(crate) struct Sink {
@@ -404,7 +466,7 @@ impl Sink {
     pub(crate) fn write(&mut self, batch: RecordBatch) -> Result<(), QueryError> {
         match &mut self.kind {
             SinkKind::Table(batches, _) => batches.push(batch),
-            SinkKind::Csv(w) => w.write(&batch).map_err(encode_err)?,
+            SinkKind::Csv(w) => w.write(&lists_as_json_text(&batch)?).map_err(encode_err)?,
             SinkKind::Json(w) => w.write(&batch).map_err(encode_err)?,
             SinkKind::Parquet(w) => w.write(&batch).map_err(encode_err)?,
         }

@@ -125,7 +125,7 @@ pub fn write_tmp_as(
         take_record_batch(&all, &idx).map_err(arrow_err)?
     };
 
-    let dir = tmp.parent().unwrap_or(Path::new("."));
+    let dir = parent_dir(tmp);
     std::fs::create_dir_all(dir).map_err(|source| CommitError::Io {
         step: "creating",
         path: dir.to_owned(),
@@ -214,7 +214,7 @@ pub fn publish(t: &TmpFile) -> Result<(), CommitError> {
 
 /// Writes a small file atomically (tmp, fsync, rename, fsync directory).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = parent_dir(path);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -226,6 +226,15 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     drop(f);
     std::fs::rename(&tmp, path)?;
     sync_dir(dir)
+}
+
+/// The directory a path is in; `.` for a bare file name (whose `parent()` is the empty path,
+/// which cannot be opened to fsync it).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
