@@ -331,7 +331,7 @@ macro_rules! probe {
                 addr.port(),
             );
             o.set_keep_alive(Duration::from_secs(5));
-            let (client, mut el) = r::AsyncClient::new(o, 4);
+            let (_client, mut el) = r::AsyncClient::new(o, 4);
             loop {
                 match el.poll().await {
                     Ok(r::Event::Incoming(p::Packet::ConnAck(_))) => break,
@@ -339,15 +339,11 @@ macro_rules! probe {
                     Err(e) => return Err(e.to_string()),
                 }
             }
-            // A clean DISCONNECT, so rumqttd logs no error for the check.
-            if client.try_disconnect().is_ok() {
-                for _ in 0..8 {
-                    match el.poll().await {
-                        Ok(r::Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                        Ok(_) => {}
-                    }
-                }
-            }
+            // Close the socket without a DISCONNECT. rumqttd 0.20 turns a DISCONNECT followed
+            // by the close into two disconnect events for one connection id; when the
+            // collector's own connection takes that id in between, the second event drops it,
+            // and its reconnect then panics rumqttd's listener (a stale will handler under a
+            // poisoned lock), so no 3.1.1 client could connect again. A bare close is one event.
             Ok(())
         }
     };
