@@ -145,6 +145,16 @@ pub async fn run(
         Ok(_) => {}
         Err(e) => tracing::warn!(error = %e, "could not check for an interrupted compaction"),
     }
+    // Likewise a `reprocess` killed mid-set: finish it, so no set stays partly visible.
+    match crate::dataset::reprocess::recover(&config.data_dir) {
+        Ok(done) if !done.is_empty() => {
+            tracing::info!(sets = done.len(), "completed an interrupted reprocess");
+        }
+        Ok(_) => {}
+        // A reprocess running now recovers by itself.
+        Err(crate::dataset::reprocess::ReprocessError::Busy { .. }) => {}
+        Err(e) => tracing::warn!(error = %e, "could not check for an interrupted reprocess"),
+    }
     let mut writer = PartitionWriter::new(
         WriterSettings {
             data_dir: config.data_dir.clone(),

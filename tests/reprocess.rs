@@ -646,3 +646,43 @@ fn a_crash_at_any_step_is_made_good_by_the_next_run() {
         assert_eq!(again["recovered"].as_array().unwrap().len(), 0, "{point}");
     }
 }
+
+#[test]
+fn run_finishes_a_reprocess_interrupted_after_its_manifest() {
+    let frames = radar_frames();
+    let (base, _schemas) = quarantined(&frames);
+    let (want_radar, _) = reference(&base.data(), RADAR_TOPIC);
+    let ws = Workspace::new();
+    let data = ws.data();
+    copy_tree(&base.data(), &data);
+    let out = reprocess_cmd(&data, &["--commit-messages", "200"])
+        .env("V2X_FAILPOINT", "reprocess_after_manifest")
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the fail point stopped it");
+    // A collector started on the dataset completes the set before it takes messages.
+    let broker = Mosquitto::start();
+    let mut c = ws.start(&config(&broker), &[]);
+    c.wait_log(
+        "completed an interrupted reprocess",
+        Duration::from_secs(30),
+    );
+    assert!(c.stop().success());
+    // The first set (200 frames) is in the ledger and nothing else is left in _reprocess.
+    let left: Vec<String> = std::fs::read_dir(data.join("_reprocess"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["ledger".to_string()]);
+    assert_eq!(
+        std::fs::read_dir(data.join("_reprocess/ledger"))
+            .unwrap()
+            .count(),
+        1
+    );
+    // The next reprocess has nothing to recover and files the rest exactly once.
+    let r = reprocess_json(&data, &[]);
+    assert_eq!(r["recovered"].as_array().unwrap().len(), 0, "{r}");
+    assert_eq!(r["already_reprocessed"], 200, "{r}");
+    assert!(table_rows(&data, "radar_target", None, &[]) == want_radar);
+}
