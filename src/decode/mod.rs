@@ -727,7 +727,12 @@ impl Decoder {
                 self.activity
                     .filed(kind, &staged.source_id, rows, newest, m.recv_us);
                 self.track_sequence(kind, &staged);
-                self.append(kind, m, staged);
+                self.append(
+                    kind,
+                    m,
+                    std::str::from_utf8(&uid_hex).unwrap_or_default(),
+                    staged,
+                );
                 let k = &self.kinds[kind];
                 k.messages.increment(1);
                 k.rows.increment(rows as u64);
@@ -924,12 +929,10 @@ impl Decoder {
         Ok(staged)
     }
 
-    fn append(&mut self, kind: usize, m: &Raw, s: Staged) {
+    fn append(&mut self, kind: usize, m: &Raw, uid: &str, s: Staged) {
         let (topic, recv_us) = (m.topic, m.recv_us);
         let k = &self.kinds[kind];
         let ncols = k.schema.columns.len();
-        let uid_hex = hex128(m.uid);
-        let uid = std::str::from_utf8(&uid_hex).unwrap_or_default();
         let unit = self.settings.unit;
         for (row, &event) in s.events.iter().enumerate() {
             let hour = event.div_euclid(US_PER_HOUR) * US_PER_HOUR;
