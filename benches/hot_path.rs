@@ -59,19 +59,32 @@ fn decode_all(d: &mut Decoder, topic: &str, payloads: &[Vec<u8>]) -> usize {
     rows
 }
 
-/// Commits everything the decoder holds as one sorted, zstd, fsynced file; returns its bytes.
+/// Commits everything the decoder holds as one sorted, zstd, fsynced file per table (the
+/// kind's rows, and the message index as `run` writes it beside them); returns their bytes.
 fn commit_all(d: &mut Decoder, dir: &std::path::Path, n: u64, settings: &FileSettings) -> u64 {
-    let batches: Vec<_> = d.take_batches().into_iter().map(|b| b.batch).collect();
-    parquet_file::commit(
-        dir,
-        &format!("bench-{n:020}.parquet"),
-        &batches,
-        &["source_id", "event_ts"],
-        None,
-        settings,
-    )
-    .unwrap()
-    .bytes
+    let mut tables: std::collections::BTreeMap<String, Vec<_>> = Default::default();
+    for b in d.take_batches() {
+        tables.entry(b.table.to_string()).or_default().push(b.batch);
+    }
+    let mut bytes = 0;
+    for (table, batches) in &tables {
+        let sort: &[&str] = if table == v2x_collector::message_index::TABLE {
+            &["source_id", "recv_ts"]
+        } else {
+            &["source_id", "event_ts"]
+        };
+        bytes += parquet_file::commit(
+            dir,
+            &format!("bench-{table}-{n:020}.parquet"),
+            batches,
+            sort,
+            None,
+            settings,
+        )
+        .unwrap()
+        .bytes;
+    }
+    bytes
 }
 
 fn bench(c: &mut Criterion) {
@@ -193,15 +206,22 @@ fn simulator_output_size() {
     println!("simulator traffic, 5 minutes of 4 RSUs and 10 vehicles: {messages} messages");
     for (kind, batches) in &by_kind {
         let name = format!("{kind}.parquet");
-        let done = parquet_file::commit(
-            dir.path(),
-            &name,
-            batches,
-            &["source_id", "event_ts"],
-            None,
-            &settings,
-        )
-        .unwrap();
+        let index = kind == v2x_collector::message_index::TABLE;
+        let sort: &[&str] = if index {
+            &["source_id", "recv_ts"]
+        } else {
+            &["source_id", "event_ts"]
+        };
+        let done = parquet_file::commit(dir.path(), &name, batches, sort, None, &settings).unwrap();
+        if index {
+            // The message index has no JSON of its own: its bytes count against the total.
+            parquet_total += done.bytes;
+            println!(
+                "  {kind:<16} {messages:>7} rows (one per message)   -> {:>9} Parquet bytes",
+                done.bytes
+            );
+            continue;
+        }
         let (bytes, count) = json.get(kind).copied().unwrap_or_default();
         json_total += bytes;
         parquet_total += done.bytes;
@@ -215,6 +235,18 @@ fn simulator_output_size() {
         "  total {json_total} JSON bytes -> {parquet_total} Parquet bytes ({:.1} %; target <= 10 %)",
         100.0 * parquet_total as f64 / json_total.max(1) as f64
     );
+    // V2X_BENCH_KEEP=DIR keeps the files, to look at their column sizes.
+    if let Ok(keep) = std::env::var("V2X_BENCH_KEEP") {
+        std::fs::create_dir_all(&keep).unwrap();
+        for kind in by_kind.keys() {
+            let name = format!("{kind}.parquet");
+            std::fs::copy(
+                dir.path().join(&name),
+                std::path::Path::new(&keep).join(&name),
+            )
+            .unwrap();
+        }
+    }
 }
 
 fn output_size(_: &mut Criterion) {
