@@ -961,6 +961,24 @@ fn csae_psm_and_ssm_in_asn1_names() {
     assert_eq!(f64s(&b, "width_m"), vec![Some(1.8), Some(0.4)]);
     assert_eq!(f64s(&b, "height_m"), vec![Some(1.5), Some(0.7)]);
     assert_eq!(strs(&b, "equipment_type")[0].as_deref(), Some("rsu"));
+    // About 7.7 m east and 5.05 m south of the sensor, from the rows' absolute and reference
+    // positions with the WGS-84 radii of curvature at the reference latitude.
+    let (lat, lon) = (
+        f64s(&b, "lat_deg")[0].unwrap(),
+        f64s(&b, "lon_deg")[0].unwrap(),
+    );
+    let (lat0, lon0) = (
+        f64s(&b, "ref_lat_deg")[0].unwrap(),
+        f64s(&b, "ref_lon_deg")[0].unwrap(),
+    );
+    let (a, e2) = (6_378_137.0_f64, 6.694_379_990_14e-3_f64);
+    let w = (1.0 - e2 * lat0.to_radians().sin().powi(2)).sqrt();
+    let east = (lon - lon0).to_radians() * a / w * lat0.to_radians().cos();
+    let north = (lat - lat0).to_radians() * a * (1.0 - e2) / w.powi(3);
+    assert!(
+        (east - 7.67).abs() < 0.05 && (north + 5.05).abs() < 0.05,
+        "{east} {north}"
+    );
 }
 
 #[test]
