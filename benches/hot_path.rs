@@ -68,16 +68,11 @@ fn commit_all(d: &mut Decoder, dir: &std::path::Path, n: u64, settings: &FileSet
     }
     let mut bytes = 0;
     for (table, batches) in &tables {
-        let sort: &[&str] = if table == v2x_collector::message_index::TABLE {
-            &["source_id", "recv_ts"]
-        } else {
-            &["source_id", "event_ts"]
-        };
         bytes += parquet_file::commit(
             dir,
             &format!("bench-{table}-{n:020}.parquet"),
             batches,
-            sort,
+            v2x_collector::sink::sort_columns(table),
             None,
             settings,
         )
@@ -207,11 +202,7 @@ fn simulator_output_size() {
     for (kind, batches) in &by_kind {
         let name = format!("{kind}.parquet");
         let index = kind == v2x_collector::message_index::TABLE;
-        let sort: &[&str] = if index {
-            &["source_id", "recv_ts"]
-        } else {
-            &["source_id", "event_ts"]
-        };
+        let sort = v2x_collector::sink::sort_columns(kind);
         let done = parquet_file::commit(dir.path(), &name, batches, sort, None, &settings).unwrap();
         if index {
             // The message index has no JSON of its own: its bytes count against the total.
