@@ -21,3 +21,7 @@ pub mod source;
 pub mod status;
 pub mod top;
 pub mod wal;
+
+/// The hash map for lookups made per message (SipHash costs more there than the rest of
+/// routing). Randomly seeded, so keys from the network cannot be chosen to collide.
+pub type FastMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;

@@ -69,6 +69,8 @@ enum Segment {
 #[derive(Debug, Clone)]
 struct Compiled {
     segments: Vec<Segment>,
+    /// Per segment, the id of its literal in [`Router::literals`] (or [`NOT_LITERAL`]).
+    literal_ids: Vec<u16>,
     /// The last segment may be absent.
     last_optional: bool,
     kind: Option<String>,
@@ -82,7 +84,17 @@ struct Compiled {
 pub struct Router {
     separator: String,
     routes: Vec<Compiled>,
+    /// Per segment position, every literal that a template has there, numbered. A topic's
+    /// segments are looked up once, and templates are then matched by comparing numbers: the
+    /// built-in set has some 50 templates, and string compares against each cost more than
+    /// the rest of routing.
+    literals: Vec<crate::FastMap<String, u16>>,
 }
+
+/// A segment that is no literal (it captures, or is `{any}`).
+const NOT_LITERAL: u16 = u16::MAX;
+/// A topic segment that is no template's literal at its position.
+const NO_TEMPLATE_LITERAL: u16 = u16::MAX - 1;
 
 /// Built-in templates: OpenV2X upper case, the `v2x/v1` lower case convention, radar, vehicles.
 pub fn builtin_routes() -> Vec<RouteTemplate> {
@@ -172,13 +184,29 @@ pub fn builtin_routes() -> Vec<RouteTemplate> {
 
 impl Router {
     pub fn new(separator: &str, templates: &[RouteTemplate]) -> Result<Router, TemplateError> {
-        let routes = templates
+        let mut routes: Vec<Compiled> = templates
             .iter()
             .map(|t| compile(separator, t))
             .collect::<Result<_, _>>()?;
+        let mut literals: Vec<crate::FastMap<String, u16>> = vec![Default::default(); MAX_SEGMENTS];
+        for c in &mut routes {
+            c.literal_ids = c
+                .segments
+                .iter()
+                .zip(&mut literals)
+                .map(|(seg, ids)| match seg {
+                    Segment::Literal(lit) => {
+                        let next = ids.len() as u16; // < 16 x templates, far below the markers
+                        *ids.entry(lit.clone()).or_insert(next)
+                    }
+                    _ => NOT_LITERAL,
+                })
+                .collect();
+        }
         Ok(Router {
             separator: separator.to_string(),
             routes,
+            literals,
         })
     }
 
@@ -192,9 +220,23 @@ impl Router {
         }
         .ok_or(RouteError::NoMatch)?;
         let parts = &parts[..n];
-        'templates: for c in &self.routes {
+        let mut topic_ids = [NO_TEMPLATE_LITERAL; MAX_SEGMENTS];
+        for ((id, part), ids) in topic_ids.iter_mut().zip(parts).zip(&self.literals) {
+            if let Some(&known) = ids.get(*part) {
+                *id = known;
+            }
+        }
+        for c in &self.routes {
             let len = c.segments.len();
             if !(n == len || (c.last_optional && n + 1 == len)) {
+                continue;
+            }
+            let literals_match = c
+                .literal_ids
+                .iter()
+                .zip(&topic_ids[..n])
+                .all(|(&want, &got)| want == NOT_LITERAL || want == got);
+            if !literals_match {
                 continue;
             }
             let mut route = Route {
@@ -206,8 +248,7 @@ impl Router {
             };
             for (seg, part) in c.segments.iter().zip(parts) {
                 match seg {
-                    Segment::Literal(lit) if lit == part => {}
-                    Segment::Literal(_) => continue 'templates,
+                    Segment::Literal(_) => {}
                     Segment::SourceId => route.source_id = Some(part),
                     Segment::Profile => {
                         route.profile = part;
@@ -326,6 +367,7 @@ fn compile(separator: &str, t: &RouteTemplate) -> Result<Compiled, TemplateError
     }
     Ok(Compiled {
         segments,
+        literal_ids: Vec::new(), // numbered by `Router::new`, which sees every template
         last_optional,
         kind: t.kind.clone(),
         profile: t.profile.clone().unwrap_or_else(|| "std".into()),
@@ -376,6 +418,32 @@ mod tests {
             (hb.kind, hb.source_id, hb.profile),
             ("device_status", None, "std")
         );
+    }
+
+    #[test]
+    fn literals_are_told_apart_by_position_and_the_first_template_wins() {
+        let t = |template: &str, kind: &str| RouteTemplate {
+            template: template.into(),
+            kind: Some(kind.into()),
+            profile: None,
+            fallback_kinds: Vec::new(),
+        };
+        let r = Router::new(
+            "/",
+            &[
+                t("a/{source_id}/x", "first"),
+                t("a/b/{source_id}", "second"),
+                t("{source_id}/a/x", "third"),
+            ],
+        )
+        .unwrap();
+        // `a/b/x` fits the first two; declared order decides.
+        assert_eq!(r.route("a/b/x").unwrap().kind, "first");
+        assert_eq!(r.route("a/b/y").unwrap().kind, "second");
+        // `a` at position 1 is not the `a` of position 0.
+        assert_eq!(r.route("z/a/x").unwrap().kind, "third");
+        assert_eq!(r.route("a/a/y"), Err(RouteError::NoMatch));
+        assert_eq!(r.route("x/b/x"), Err(RouteError::NoMatch));
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub struct QuarantineExample {
 #[derive(Debug, Clone, Default)]
 pub struct Activity {
     pub kinds: Vec<KindCounts>,
-    pub sources: HashMap<Box<str>, SourceEntry>,
+    pub sources: crate::FastMap<Box<str>, SourceEntry>,
     /// Messages from sources beyond [`MAX_SOURCES`].
     pub untracked_source_messages: u64,
     pub by_reason: HashMap<Reason, u64>,

@@ -21,6 +21,7 @@ use arrow::datatypes::{
 };
 use arrow::record_batch::RecordBatch;
 
+use crate::FastMap;
 use crate::config::{TimeConfig, TimestampUnit};
 use crate::quarantine::{QuarantineBuilder, Reason, Rejection};
 use crate::route::{RouteError, Router, is_safe_identifier};
@@ -39,7 +40,7 @@ pub struct KindDecoder {
     gap_messages: metrics::Counter,
     pub arrow: SchemaRef,
     /// Lower-case profile name -> plans (one, or one per part).
-    profiles: HashMap<String, Vec<Plan>>,
+    profiles: FastMap<String, Vec<Plan>>,
     messages: metrics::Counter,
     rows: metrics::Counter,
     ignored_fields: metrics::Counter,
@@ -50,7 +51,7 @@ pub struct KindDecoder {
 
 impl KindDecoder {
     pub fn new(schema: KindSchema, unit: TimestampUnit) -> Result<KindDecoder, SchemaError> {
-        let mut profiles = HashMap::new();
+        let mut profiles = FastMap::default();
         for (name, p) in &schema.profiles {
             let parts: Vec<&str> = if p.parts.is_empty() {
                 vec![name.as_str()]
@@ -445,12 +446,12 @@ pub struct DecodeSettings {
 pub struct Decoder {
     router: Arc<Router>,
     kinds: Vec<KindDecoder>,
-    kind_index: HashMap<String, usize>,
+    kind_index: FastMap<String, usize>,
     settings: DecodeSettings,
-    open: HashMap<(usize, i64), RowBuilders>,
-    quarantine: HashMap<i64, QuarantineBuilder>,
+    open: FastMap<(usize, i64), RowBuilders>,
+    quarantine: FastMap<i64, QuarantineBuilder>,
     /// `_messages` rows per receive hour.
-    index: HashMap<i64, crate::message_index::IndexBuilder>,
+    index: FastMap<i64, crate::message_index::IndexBuilder>,
     quarantine_counters: HashMap<Reason, metrics::Counter>,
     lineage: Vec<u32>,
     pending_rows: usize,
@@ -465,7 +466,7 @@ pub struct Decoder {
 #[derive(Debug, Default)]
 pub struct SequenceTracker {
     /// Per kind index: source -> last counter (looked up by `&str`: no allocation per message).
-    last: Vec<HashMap<Box<str>, i64>>,
+    last: Vec<FastMap<Box<str>, i64>>,
     tracked: usize,
     /// Gap events and messages missed, per (kind, source).
     pub gaps: HashMap<(usize, String), (u64, u64)>,
@@ -480,7 +481,7 @@ impl SequenceTracker {
     fn observe(&mut self, kind: usize, source: &str, value: i64, modulo: i64) -> u64 {
         let value = value.rem_euclid(modulo);
         if self.last.len() <= kind {
-            self.last.resize_with(kind + 1, HashMap::new);
+            self.last.resize_with(kind + 1, FastMap::default);
         }
         let last = &mut self.last[kind];
         let missed = match last.get_mut(source) {
@@ -547,9 +548,9 @@ impl Decoder {
             kinds,
             kind_index,
             settings,
-            open: HashMap::new(),
-            quarantine: HashMap::new(),
-            index: HashMap::new(),
+            open: FastMap::default(),
+            quarantine: FastMap::default(),
+            index: FastMap::default(),
             quarantine_counters,
             lineage: Vec::new(),
             pending_rows: 0,
@@ -708,6 +709,7 @@ impl Decoder {
                 let rows = staged.events.len();
                 let newest = staged.events.iter().max().copied();
                 let uid_hex = hex128(m.uid);
+                let uid = std::str::from_utf8(&uid_hex).unwrap_or_default();
                 let hour = m.recv_us.div_euclid(US_PER_HOUR) * US_PER_HOUR;
                 self.index
                     .entry(hour)
@@ -721,18 +723,13 @@ impl Decoder {
                         profile: staged.profile,
                         rows,
                         payload_bytes: m.payload.len(),
-                        msg_uid: std::str::from_utf8(&uid_hex).unwrap_or_default(),
+                        msg_uid: uid,
                     });
                 self.pending_rows += 1;
                 self.activity
                     .filed(kind, &staged.source_id, rows, newest, m.recv_us);
                 self.track_sequence(kind, &staged);
-                self.append(
-                    kind,
-                    m,
-                    std::str::from_utf8(&uid_hex).unwrap_or_default(),
-                    staged,
-                );
+                self.append(kind, m, uid, staged);
                 let k = &self.kinds[kind];
                 k.messages.increment(1);
                 k.rows.increment(rows as u64);
@@ -886,6 +883,9 @@ impl Decoder {
                 return Err(Rejection::new(Reason::TypeMismatch, e.clone()));
             }
             any_rows_list |= plan.row_level == 0 || records.rows_list_seen;
+            // Sized once: growing cell by cell cost more than any one column's conversion.
+            staged.events.reserve(records.row_count());
+            staged.cells.reserve(records.row_count() * ncols);
             if records.ignored_fields > 0 {
                 k.ignored_fields.increment(records.ignored_fields);
             }
@@ -1493,7 +1493,9 @@ fn position_cell<'de>(
     }
 }
 
-/// Converts one raw value into `ty` (the column's type, or its element type).
+/// Converts one raw value into `ty` (the column's type, or its element type). Inlined: it
+/// runs for every cell, and a call returning the `Result` through memory cost 7 % of a BSM.
+#[inline(always)]
 fn scalar_cell<'de>(
     col: &ColumnPlan,
     ty: ColumnType,

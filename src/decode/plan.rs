@@ -108,7 +108,7 @@ pub struct ColumnPlan {
     pub unavailable: Vec<f64>,
     pub unavailable_at_or_above: Option<f64>,
     /// Normalisation table: lower-case code or name -> canonical name.
-    pub enum_map: Option<HashMap<String, Arc<str>>>,
+    pub enum_map: Option<crate::FastMap<String, Arc<str>>>,
     pub time_format: TimeFormat,
     pub since_event: bool,
 }
@@ -684,7 +684,7 @@ fn column_plan(
         .as_ref()
         .and_then(|e| schema.enums.get(e))
         .map(|m| {
-            let mut map = HashMap::new();
+            let mut map = crate::FastMap::default();
             for (code, name) in m {
                 let canonical: Arc<str> = name.as_str().into();
                 map.insert(code.to_ascii_lowercase(), canonical.clone());

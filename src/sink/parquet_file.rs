@@ -5,12 +5,14 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
+use arrow::array::Array;
 use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
-use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::properties::{EnabledStatistics, WriterProperties, WriterPropertiesBuilder};
+use parquet::schema::types::ColumnPath;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommitError {
@@ -138,10 +140,18 @@ pub fn write_tmp_as(
         source,
     };
     let props =
-        writer_properties(sort, schema_json, settings).map_err(|source| CommitError::Parquet {
+        properties_builder(sort, schema_json, settings).map_err(|source| CommitError::Parquet {
             path: tmp.clone(),
             source,
         })?;
+    let props = if one_row_per_message(&sorted) {
+        // Every value distinct: a dictionary would hold each once and only add the indices
+        // (and the hashing that builds it, a third of the writer's work for `_messages`).
+        props.set_column_dictionary_enabled(ColumnPath::from("msg_uid"), false)
+    } else {
+        props
+    }
+    .build();
     let result = (|| {
         let file = File::create(&tmp).map_err(|e| io("creating", e))?;
         let pq = |source| CommitError::Parquet {
@@ -178,6 +188,26 @@ pub fn writer_properties(
     schema_json: Option<&str>,
     settings: &FileSettings,
 ) -> Result<WriterProperties, parquet::errors::ParquetError> {
+    Ok(properties_builder(sort, schema_json, settings)?.build())
+}
+
+/// Whether no two neighbouring rows share a `msg_uid` (rows sorted by source and time): one
+/// row per message, as in `_messages` and the kinds that do not explode a list.
+fn one_row_per_message(batch: &RecordBatch) -> bool {
+    let Some(uid) = batch
+        .column_by_name("msg_uid")
+        .and_then(|c| c.as_any().downcast_ref::<arrow::array::StringArray>())
+    else {
+        return false;
+    };
+    uid.null_count() == 0 && (1..uid.len()).all(|i| uid.value(i) != uid.value(i - 1))
+}
+
+fn properties_builder(
+    sort: &[&str],
+    schema_json: Option<&str>,
+    settings: &FileSettings,
+) -> Result<WriterPropertiesBuilder, parquet::errors::ParquetError> {
     let mut kv = vec![KeyValue::new("v2x.sorted_by".to_string(), sort.join(","))];
     if let Some(json) = schema_json {
         kv.push(KeyValue::new("v2x.schema".to_string(), json.to_string()));
@@ -189,8 +219,7 @@ pub fn writer_properties(
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_max_row_group_row_count(Some(settings.row_group_rows))
         .set_key_value_metadata(Some(kv))
-        .set_created_by(format!("v2x-collector {}", env!("CARGO_PKG_VERSION")))
-        .build())
+        .set_created_by(format!("v2x-collector {}", env!("CARGO_PKG_VERSION"))))
 }
 
 /// Renames a written temporary file to its final name (never over an existing file).
@@ -248,6 +277,50 @@ mod tests {
     use arrow::datatypes::{DataType, Field, Schema};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use std::sync::Arc;
+
+    /// Whether the file's `msg_uid` column chunk has a dictionary page.
+    fn uid_has_dictionary(uids: Vec<&str>) -> bool {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("source_id", DataType::Utf8, false),
+            Field::new("msg_uid", DataType::Utf8, false),
+        ]));
+        let n = uids.len();
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(vec!["rsu-1"; n])),
+                Arc::new(StringArray::from(uids)),
+            ],
+        )
+        .unwrap();
+        let settings = FileSettings {
+            row_group_rows: 1000,
+            zstd_level: 1,
+        };
+        let done = commit(
+            dir.path(),
+            "f.parquet",
+            &[batch],
+            &["source_id"],
+            None,
+            &settings,
+        )
+        .unwrap();
+        let file = File::open(&done.path).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap();
+        let meta = reader.metadata().row_group(0).column(1).clone();
+        assert_eq!(meta.column_path().string(), "msg_uid");
+        meta.dictionary_page_offset().is_some()
+    }
+
+    #[test]
+    fn message_ids_get_a_dictionary_only_when_rows_share_them() {
+        // One row per message (`_messages`, a BSM): every id once, a dictionary only costs.
+        assert!(!uid_has_dictionary(vec!["a1", "b2", "c3", "d4"]));
+        // Exploded rows of one message sit together and share its id.
+        assert!(uid_has_dictionary(vec!["a1", "a1", "a1", "b2", "b2"]));
+    }
 
     #[test]
     fn commits_sorted_compressed_and_leaves_no_tmp() {
