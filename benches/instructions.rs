@@ -13,65 +13,21 @@
 //!
 //! callgrind prints `Collected : N`; divide by `ROUNDS` x the messages of one round. Run
 //! without valgrind, it prints the figure it counts per round as a check that it did the work.
-//! The file uses only the library API that the hot path had before the MAP kinds, so the same
-//! file measures an older checkout for an A/B.
+//! It and `common/` use only the library API that the hot path had before the MAP kinds, so
+//! copied into an older checkout they measure it for an A/B.
 
-use std::hint::black_box;
+mod common;
 
 use v2x_collector::config::Config;
-use v2x_collector::decode::{Decoder, Outcome, Raw};
-use v2x_collector::pipeline::build_decoder;
+use v2x_collector::decode::{Decoder, Raw};
 use v2x_collector::sink::{FileSettings, parquet_file};
 use v2x_collector::wal::Wal;
 
-const RECV_US: i64 = 1_764_320_444_000_000; // 2025-11-28T09:00:44Z
+use common::{RECV_US, bsm, decode_all, decoder, rsm_payloads};
+
 const ROUNDS: usize = 3;
 const BSM_TOPIC: &str = "V2X/OBU/car-1/BSM/UP";
 const RSM_TOPIC: &str = "V2X/RSU/R328328/RSM/UP";
-
-fn decoder() -> Decoder {
-    build_decoder(&Config::default()).expect("built-in schemas")
-}
-
-/// The CSAE integer BSM of `hot_path`, about 330 bytes, varied per message.
-fn bsm(i: u32) -> Vec<u8> {
-    format!(
-        r#"{{"msgCnt":{},"id":"A1B2C3D4{:08X}","secMark":{},"pos":{{"lat":{},"long":{},"elev":512}},"transmission":2,"speed":{},"heading":{},"angle":3,"accelSet":{{"long":{},"lat":0,"vert":0,"yaw":12}},"brakes":{{"brakePadel":1}},"size":{{"width":180,"length":460,"height":30}},"vehicleClass":{{"classification":10}}}}"#,
-        i % 128,
-        i % 997,
-        (i * 100) % 60_000,
-        399_000_000 + i % 10_000,
-        1_165_000_000 + i % 10_000,
-        500 + i % 300,
-        (i * 7) % 28_800,
-        (i % 300) as i32 - 150,
-    )
-    .into_bytes()
-}
-
-fn rsm_payloads() -> Vec<Vec<u8>> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/data/openv2x-payloads/derived_rsm_std_payloads.ndjson"
-    );
-    std::fs::read_to_string(path)
-        .expect("../shared/data beside the repository")
-        .lines()
-        .map(|l| l.as_bytes().to_vec())
-        .collect()
-}
-
-/// Decodes every payload and finishes the builders; returns the rows filed.
-fn decode_all(d: &mut Decoder, topic: &str, payloads: &[Vec<u8>]) -> usize {
-    let mut rows = 0;
-    for p in payloads {
-        if let Outcome::Filed { rows: n, .. } = d.decode(topic, p, RECV_US) {
-            rows += n;
-        }
-    }
-    black_box(d.take_batches());
-    rows
-}
 
 #[inline(never)]
 fn measured_decode(d: &mut Decoder, topic: &str, payloads: &[Vec<u8>]) -> usize {

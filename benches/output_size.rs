@@ -3,17 +3,13 @@
 //! `cargo bench --bench output_size`. Printed, not timed: it is its own target so that the
 //! timed hot path (`--bench hot_path`) and its profiles hold nothing else.
 
-use v2x_collector::config::Config;
-use v2x_collector::decode::{Decoder, Outcome, Raw};
-use v2x_collector::pipeline::build_decoder;
+mod common;
+
+use v2x_collector::decode::{Outcome, Raw};
 use v2x_collector::sim::zone::Zone;
 use v2x_collector::sink::{FileSettings, parquet_file};
 
-const RECV_US: i64 = 1_764_320_444_000_000; // 2025-11-28T09:00:44Z
-
-fn decoder() -> Decoder {
-    build_decoder(&Config::default()).expect("built-in schemas")
-}
+use common::{RECV_US, decoder};
 
 /// Five minutes of the default zone (4 RSUs, 10 vehicles, 10 Hz), one file per kind as the
 /// default `writer.max_age_s` (300 s) rotation makes them. Printed, not timed.

@@ -189,19 +189,27 @@ impl Router {
             .map(|t| compile(separator, t))
             .collect::<Result<_, _>>()?;
         let mut literals: Vec<crate::FastMap<String, u16>> = vec![Default::default(); MAX_SEGMENTS];
-        for c in &mut routes {
-            c.literal_ids = c
-                .segments
-                .iter()
-                .zip(&mut literals)
-                .map(|(seg, ids)| match seg {
-                    Segment::Literal(lit) => {
-                        let next = ids.len() as u16; // < 16 x templates, far below the markers
-                        *ids.entry(lit.clone()).or_insert(next)
-                    }
+        for (c, t) in routes.iter_mut().zip(templates) {
+            for (seg, ids) in c.segments.iter().zip(&mut literals) {
+                let id = match seg {
+                    Segment::Literal(lit) => match ids.get(lit) {
+                        Some(&id) => id,
+                        None => {
+                            let id = u16::try_from(ids.len())
+                                .ok()
+                                .filter(|&id| id < NO_TEMPLATE_LITERAL)
+                                .ok_or_else(|| TemplateError {
+                                    template: t.template.clone(),
+                                    reason: "too many different literals at one position".into(),
+                                })?;
+                            ids.insert(lit.clone(), id);
+                            id
+                        }
+                    },
                     _ => NOT_LITERAL,
-                })
-                .collect();
+                };
+                c.literal_ids.push(id);
+            }
         }
         Ok(Router {
             separator: separator.to_string(),
