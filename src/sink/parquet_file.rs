@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use arrow::array::Array;
+use arrow::array::{Array, ArrayRef, StringArray, UInt32Array};
 use arrow::compute::{SortColumn, concat_batches, lexsort_to_indices, take_record_batch};
 use arrow::record_batch::RecordBatch;
 use parquet::arrow::ArrowWriter;
@@ -112,19 +112,9 @@ pub fn write_tmp_as(
     };
     let schema = batches[0].schema();
     let all = concat_batches(&schema, batches).map_err(arrow_err)?;
-    let sort_columns: Vec<SortColumn> = sort
-        .iter()
-        .filter_map(|c| all.column_by_name(c))
-        .map(|values| SortColumn {
-            values: values.clone(),
-            options: None,
-        })
-        .collect();
-    let sorted = if sort_columns.is_empty() {
-        all
-    } else {
-        let idx = lexsort_to_indices(&sort_columns, None).map_err(arrow_err)?;
-        take_record_batch(&all, &idx).map_err(arrow_err)?
+    let sorted = match sort_order(&all, sort).map_err(arrow_err)? {
+        Some(idx) => take_record_batch(&all, &idx).map_err(arrow_err)?,
+        None => all,
     };
 
     let dir = parent_dir(tmp);
@@ -178,6 +168,128 @@ pub fn write_tmp_as(
             Err(e)
         }
     }
+}
+
+/// The order that sorts `batch` by the `sort` columns (ascending, nulls first, ties in their
+/// arrival order), or `None` when it is in that order already (or names no column it has).
+///
+/// The collector's sort keys are a string (`source_id`) and then a time. Each string is
+/// replaced by its rank among the batch's distinct values (a handful of sources for
+/// thousands of rows), so the sort compares fixed-size keys instead of calling a comparator
+/// per column per comparison; other column types go through arrow's `lexsort_to_indices`.
+fn sort_order(
+    batch: &RecordBatch,
+    sort: &[&str],
+) -> Result<Option<UInt32Array>, arrow::error::ArrowError> {
+    let columns: Vec<&ArrayRef> = sort
+        .iter()
+        .filter_map(|c| batch.column_by_name(c))
+        .collect();
+    if columns.is_empty() || batch.num_rows() < 2 {
+        return Ok(None);
+    }
+    let idx = match fixed_keys(&columns, batch.num_rows()) {
+        Some(mut keys) => {
+            if keys.is_sorted() {
+                return Ok(None);
+            }
+            keys.sort_unstable();
+            UInt32Array::from_iter_values(keys.into_iter().map(|(_, _, row)| row))
+        }
+        None => {
+            let columns: Vec<SortColumn> = columns
+                .into_iter()
+                .map(|values| SortColumn {
+                    values: values.clone(),
+                    options: None,
+                })
+                .collect();
+            lexsort_to_indices(&columns, None)?
+        }
+    };
+    let identity = idx.values().iter().zip(0u32..).all(|(&i, row)| i == row);
+    Ok((!identity).then_some(idx))
+}
+
+/// (rank of the string, time, row) for every row, when the sort columns are a string, a time,
+/// or a string and a time. The row makes every key unique, so an unstable sort keeps ties in
+/// arrival order.
+type Key = (u32, Option<i64>, u32);
+
+fn fixed_keys(columns: &[&ArrayRef], n: usize) -> Option<Vec<Key>> {
+    let rows = u32::try_from(n).ok()?;
+    let (ranks, times) = match columns {
+        [one] => match string_ranks(one) {
+            Some(ranks) => (Some(ranks), None),
+            None => (None, Some(times(one)?)),
+        },
+        [source, time] => (Some(string_ranks(source)?), Some(times(time)?)),
+        _ => return None,
+    };
+    Some(
+        (0..rows)
+            .map(|row| {
+                let i = row as usize;
+                let rank = ranks.as_ref().map_or(0, |r| r[i]);
+                (rank, times.as_ref().and_then(|t| t[i]), row)
+            })
+            .collect(),
+    )
+}
+
+/// Each row's rank among the column's distinct strings (null first), for a string column.
+fn string_ranks(column: &ArrayRef) -> Option<Vec<u32>> {
+    let strings = column.as_any().downcast_ref::<StringArray>()?;
+    let mut distinct: crate::FastMap<Option<&str>, u32> = crate::FastMap::default();
+    let ids: Vec<u32> = strings
+        .iter()
+        .map(|s| {
+            let next = distinct.len() as u32;
+            *distinct.entry(s).or_insert(next)
+        })
+        .collect();
+    let mut by_value: Vec<(Option<&str>, u32)> = distinct.into_iter().collect();
+    by_value.sort_unstable();
+    let mut rank = vec![0u32; by_value.len()];
+    for (r, (_, id)) in by_value.iter().enumerate() {
+        rank[*id as usize] = r as u32;
+    }
+    Some(ids.into_iter().map(|id| rank[id as usize]).collect())
+}
+
+/// A time or 64-bit integer column's values (null first: `None` sorts before `Some`).
+fn times(column: &ArrayRef) -> Option<Vec<Option<i64>>> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::{
+        DataType, Int64Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+        TimestampNanosecondType, TimestampSecondType,
+    };
+    let values = match column.data_type() {
+        DataType::Int64 => column.as_primitive::<Int64Type>().values(),
+        DataType::Timestamp(TimeUnit::Second, _) => {
+            column.as_primitive::<TimestampSecondType>().values()
+        }
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            column.as_primitive::<TimestampMillisecondType>().values()
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            column.as_primitive::<TimestampMicrosecondType>().values()
+        }
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+            column.as_primitive::<TimestampNanosecondType>().values()
+        }
+        _ => return None,
+    };
+    if column.null_count() == 0 {
+        return Some(values.iter().map(|&v| Some(v)).collect());
+    }
+    Some(
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| column.is_valid(i).then_some(v))
+            .collect(),
+    )
 }
 
 /// How every data file is encoded (the collector's and `compact`'s): zstd, dictionaries, page
@@ -312,6 +424,93 @@ mod tests {
         let meta = reader.metadata().row_group(0).column(1).clone();
         assert_eq!(meta.column_path().string(), "msg_uid");
         meta.dictionary_page_offset().is_some()
+    }
+
+    /// The sort by ranked strings and times orders rows exactly as arrow's lexsort does
+    /// (ascending, nulls first), keeps ties in arrival order, and says when nothing moves.
+    #[test]
+    fn rows_are_sorted_by_source_then_time_as_lexsort_does() {
+        use arrow::array::TimestampMicrosecondArray;
+        use arrow::datatypes::TimeUnit;
+        let n = 2_000u32;
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        let sources = ["rsu-10", "rsu-2", "obu-a", "", "rsu-1"];
+        let source: Vec<Option<&str>> = (0..n)
+            .map(|_| match next(7) {
+                6 => None,
+                k => Some(sources[k as usize % sources.len()]),
+            })
+            .collect();
+        // Few distinct times, so that ties are common.
+        let time: Vec<Option<i64>> = (0..n)
+            .map(|_| match next(9) {
+                0 => None,
+                _ => Some(next(40) as i64 - 20),
+            })
+            .collect();
+        let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("source_id", DataType::Utf8, true),
+            Field::new("event_ts", ts, true),
+            Field::new("row", DataType::UInt32, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(StringArray::from(source)),
+                Arc::new(TimestampMicrosecondArray::from(time).with_timezone("UTC")),
+                Arc::new(UInt32Array::from_iter_values(0..n)),
+            ],
+        )
+        .unwrap();
+        let sort = ["source_id", "event_ts"];
+        let ours = take_record_batch(&batch, &sort_order(&batch, &sort).unwrap().unwrap()).unwrap();
+        let columns: Vec<SortColumn> = sort
+            .iter()
+            .map(|c| SortColumn {
+                values: batch.column_by_name(c).unwrap().clone(),
+                options: None,
+            })
+            .collect();
+        let arrow =
+            take_record_batch(&batch, &lexsort_to_indices(&columns, None).unwrap()).unwrap();
+        // The same key sequence as arrow's...
+        assert_eq!(ours.column(0), arrow.column(0));
+        assert_eq!(ours.column(1), arrow.column(1));
+        // ...with ties in arrival order.
+        let row = ours
+            .column(2)
+            .as_any()
+            .downcast_ref::<UInt32Array>()
+            .unwrap();
+        for i in 1..ours.num_rows() {
+            let same = |c: usize| {
+                let a = ours.column(c).slice(i - 1, 1);
+                let b = ours.column(c).slice(i, 1);
+                a == b
+            };
+            if same(0) && same(1) {
+                assert!(
+                    row.value(i - 1) < row.value(i),
+                    "tie out of arrival order at {i}"
+                );
+            }
+        }
+        // Sorted input (by time alone, too) is left as it is.
+        assert!(sort_order(&ours, &sort).unwrap().is_none());
+        let by_time = ["event_ts"];
+        let once =
+            take_record_batch(&batch, &sort_order(&batch, &by_time).unwrap().unwrap()).unwrap();
+        assert!(sort_order(&once, &by_time).unwrap().is_none());
+        // A key of another type goes through lexsort.
+        let by_row = ["row"];
+        assert!(sort_order(&batch, &by_row).unwrap().is_none());
     }
 
     #[test]
