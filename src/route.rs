@@ -42,7 +42,7 @@ pub struct Route<'t> {
     pub fallback_kinds: &'t [String],
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, thiserror::Error, PartialEq, Eq)]
 pub enum RouteError {
     #[error("topic matches no route template")]
     NoMatch,
@@ -89,6 +89,28 @@ pub struct Router {
     /// built-in set has some 50 templates, and string compares against each cost more than
     /// the rest of routing.
     literals: Vec<crate::FastMap<String, u16>>,
+}
+
+/// A matched template and the byte ranges of the topic's captured segments.
+#[derive(Debug, Clone)]
+struct Spans {
+    template: usize,
+    kind: Option<std::ops::Range<usize>>,
+    source_id: Option<std::ops::Range<usize>>,
+    profile: Option<std::ops::Range<usize>>,
+}
+
+/// Topics routed lately and what they matched, for [`Router::route_cached`]; one per decoder
+/// (it belongs to one router's templates). Holds at most [`RouteCache::CAPACITY`] topics and
+/// starts over when full.
+#[derive(Debug, Default)]
+pub struct RouteCache {
+    topics: crate::FastMap<Box<str>, Result<Spans, RouteError>>,
+}
+
+impl RouteCache {
+    /// Enough for every topic of a zone of some 10,000 devices (a few megabytes).
+    pub const CAPACITY: usize = 1 << 16;
 }
 
 /// A segment that is no literal (it captures, or is `{any}`).
@@ -220,6 +242,34 @@ impl Router {
 
     /// Resolves a topic. The first matching template wins.
     pub fn route<'t>(&'t self, topic: &'t str) -> Result<Route<'t>, RouteError> {
+        self.spans(topic).map(|s| self.apply(topic, &s))
+    }
+
+    /// As [`Router::route`], remembering the answer for the topic in `cache`: devices publish
+    /// on the same few topics again and again, and a hash of the whole topic costs a tenth
+    /// of matching it against the templates.
+    pub fn route_cached<'t>(
+        &'t self,
+        topic: &'t str,
+        cache: &mut RouteCache,
+    ) -> Result<Route<'t>, RouteError> {
+        let spans = match cache.topics.get(topic) {
+            Some(known) => known.clone(),
+            None => {
+                let spans = self.spans(topic);
+                if cache.topics.len() >= RouteCache::CAPACITY {
+                    // (Bounded: a flood of distinct topics costs the matching, never memory.)
+                    cache.topics.clear();
+                }
+                cache.topics.insert(topic.into(), spans.clone());
+                spans
+            }
+        };
+        spans.map(|s| self.apply(topic, &s))
+    }
+
+    /// Which template a topic matches, and where its captured segments are.
+    fn spans(&self, topic: &str) -> Result<Spans, RouteError> {
         // Split once; no template is longer than MAX_SEGMENTS, so a longer topic matches none.
         let mut parts: [&str; MAX_SEGMENTS] = [""; MAX_SEGMENTS];
         let n = match self.separator.as_bytes() {
@@ -234,7 +284,12 @@ impl Router {
                 *id = known;
             }
         }
-        for c in &self.routes {
+        // A part's place in the topic (parts are slices of it).
+        let span = |part: &str| {
+            let start = part.as_ptr() as usize - topic.as_ptr() as usize;
+            start..start + part.len()
+        };
+        for (template, c) in self.routes.iter().enumerate() {
             let len = c.segments.len();
             if !(n == len || (c.last_optional && n + 1 == len)) {
                 continue;
@@ -247,33 +302,45 @@ impl Router {
             if !literals_match {
                 continue;
             }
-            let mut route = Route {
-                kind: c.kind.as_deref().unwrap_or(""),
+            let mut spans = Spans {
+                template,
+                kind: None,
                 source_id: None,
-                profile: &c.profile,
-                profile_named: c.profile_named,
-                fallback_kinds: &c.fallback_kinds,
+                profile: None,
             };
             for (seg, part) in c.segments.iter().zip(parts) {
                 match seg {
-                    Segment::Literal(_) => {}
-                    Segment::SourceId => route.source_id = Some(part),
-                    Segment::Profile => {
-                        route.profile = part;
-                        route.profile_named = true;
-                    }
-                    Segment::Kind => route.kind = part,
-                    Segment::Any => {}
+                    Segment::Literal(_) | Segment::Any => {}
+                    Segment::SourceId => spans.source_id = Some(span(part)),
+                    Segment::Profile => spans.profile = Some(span(part)),
+                    Segment::Kind => spans.kind = Some(span(part)),
                 }
             }
-            if let Some(id) = route.source_id
-                && !is_safe_identifier(id)
+            if let Some(id) = &spans.source_id
+                && !is_safe_identifier(&topic[id.clone()])
             {
                 return Err(RouteError::UnsafeSourceId);
             }
-            return Ok(route);
+            return Ok(spans);
         }
         Err(RouteError::NoMatch)
+    }
+
+    fn apply<'t>(&'t self, topic: &'t str, s: &Spans) -> Route<'t> {
+        let c = &self.routes[s.template];
+        Route {
+            kind: match &s.kind {
+                Some(k) => &topic[k.clone()],
+                None => c.kind.as_deref().unwrap_or(""),
+            },
+            source_id: s.source_id.clone().map(|r| &topic[r]),
+            profile: match &s.profile {
+                Some(p) => &topic[p.clone()],
+                None => &c.profile,
+            },
+            profile_named: s.profile.is_some() || c.profile_named,
+            fallback_kinds: &c.fallback_kinds,
+        }
     }
 
     /// MQTT subscription filters covering every template. With a separator other than `/` the
@@ -452,6 +519,58 @@ mod tests {
         assert_eq!(r.route("z/a/x").unwrap().kind, "third");
         assert_eq!(r.route("a/a/y"), Err(RouteError::NoMatch));
         assert_eq!(r.route("x/b/x"), Err(RouteError::NoMatch));
+    }
+
+    /// The cache answers as matching does, for every topic shape (captured kind and profile,
+    /// defaulted profile, errors), the first time and again, and never holds more topics than
+    /// its capacity.
+    #[test]
+    fn cached_routes_are_the_routes_and_the_cache_is_bounded() {
+        let r = builtin();
+        let captured = Router::new(
+            ".",
+            &[RouteTemplate {
+                template: "v2x.{kind}.{source_id}.{profile?}".into(),
+                kind: None,
+                profile: None,
+                fallback_kinds: Vec::new(),
+            }],
+        )
+        .unwrap();
+        let mut cache = RouteCache::default();
+        let mut captured_cache = RouteCache::default();
+        for _ in 0..2 {
+            for topic in [
+                "V2X/RSU/R328328/RSM/UP",
+                "V2X/RSU/R328328/RSM/UP/HUALI",
+                "v2x/v1/rsu/esn01/bsm/up",
+                "V2X/RSU/HB/UP",
+                "V2X/RSU/x/NOPE/UP",
+                "V2X/RSU/../RSM/UP",
+                "",
+            ] {
+                assert_eq!(r.route_cached(topic, &mut cache), r.route(topic), "{topic}");
+            }
+            for topic in ["v2x.bsm.car-1", "v2x.rsm.rsu-1.huali", "v2x.bsm"] {
+                let got = captured.route_cached(topic, &mut captured_cache);
+                assert_eq!(got, captured.route(topic), "{topic}");
+            }
+        }
+        let got = captured.route_cached("v2x.rsm.rsu-1.huali", &mut captured_cache);
+        let want = Route {
+            kind: "rsm",
+            source_id: Some("rsu-1"),
+            profile: "huali",
+            profile_named: true,
+            fallback_kinds: &[],
+        };
+        assert_eq!(got, Ok(want));
+        for i in 0..=RouteCache::CAPACITY {
+            let topic = format!("V2X/OBU/car-{i}/BSM/UP");
+            let got = r.route_cached(&topic, &mut cache).unwrap().source_id;
+            assert_eq!(got, Some(&topic[8..topic.len() - 7]));
+            assert!(cache.topics.len() <= RouteCache::CAPACITY);
+        }
     }
 
     #[test]

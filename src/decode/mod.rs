@@ -445,6 +445,8 @@ pub struct DecodeSettings {
 /// Routes and decodes messages into per-(kind, hour) builders.
 pub struct Decoder {
     router: Arc<Router>,
+    /// What the topics seen lately routed to.
+    route_cache: crate::route::RouteCache,
     kinds: Vec<KindDecoder>,
     kind_index: FastMap<String, usize>,
     settings: DecodeSettings,
@@ -545,6 +547,7 @@ impl Decoder {
         Ok(Decoder {
             activity,
             router: Arc::new(router),
+            route_cache: Default::default(),
             kinds,
             kind_index,
             settings,
@@ -601,7 +604,7 @@ impl Decoder {
             return self.reject(m, None, None, r);
         }
         let router = Arc::clone(&self.router);
-        let route = match router.route(m.topic) {
+        let route = match router.route_cached(m.topic, &mut self.route_cache) {
             Ok(route) => route,
             Err(RouteError::NoMatch) => {
                 let r = Rejection::new(Reason::UnknownTopic, "topic matches no route template");
