@@ -134,14 +134,17 @@ pub fn write_tmp_as(
             path: tmp.clone(),
             source,
         })?;
-    let props = if one_row_per_message(&sorted) {
+    let mut props = if one_row_per_message(&sorted) {
         // Every value distinct: a dictionary would hold each once and only add the indices
         // (and the hashing that builds it, a third of the writer's work for `_messages`).
         props.set_column_dictionary_enabled(ColumnPath::from("msg_uid"), false)
     } else {
         props
+    };
+    for name in mostly_distinct_columns(&sorted) {
+        props = props.set_column_dictionary_enabled(ColumnPath::from(name), false);
     }
-    .build();
+    let props = props.build();
     let result = (|| {
         let file = File::create(&tmp).map_err(|e| io("creating", e))?;
         let pq = |source| CommitError::Parquet {
@@ -313,6 +316,64 @@ fn one_row_per_message(batch: &RecordBatch) -> bool {
         return false;
     };
     uid.null_count() == 0 && (1..uid.len()).all(|i| uid.value(i) != uid.value(i - 1))
+}
+
+/// Rows a file needs before its columns are sampled for [`mostly_distinct_columns`].
+const SAMPLE_FROM_ROWS: usize = 1024;
+/// Values sampled per column, spread evenly over the file.
+const SAMPLE_VALUES: usize = 256;
+
+/// The flat number, time and string columns whose values are nearly all different (nine in
+/// ten of an even sample): positions, receive times, delays. A dictionary of those holds
+/// almost every value once and adds an index per row, so the file is larger, and building it
+/// hashes every value; they are written plain (zstd still compresses them). Low-cardinality
+/// columns (source, kind, lane, a speed in whole km/h) keep their dictionary.
+fn mostly_distinct_columns(batch: &RecordBatch) -> Vec<String> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::DataType;
+    let n = batch.num_rows();
+    if n < SAMPLE_FROM_ROWS {
+        return Vec::new();
+    }
+    let step = n / SAMPLE_VALUES;
+    let rows = (0..SAMPLE_VALUES).map(|i| i * step);
+    let mut out = Vec::new();
+    for (field, column) in batch.schema().fields().iter().zip(batch.columns()) {
+        let mut seen: crate::FastMap<u64, ()> = crate::FastMap::default();
+        let hasher = foldhash::fast::FixedState::with_seed(0);
+        let mut add = |bits: u64| {
+            seen.insert(bits, ());
+        };
+        match field.data_type() {
+            DataType::Utf8 => {
+                let strings = column.as_string::<i32>();
+                for r in rows.clone() {
+                    add(std::hash::BuildHasher::hash_one(&hasher, strings.value(r)));
+                }
+            }
+            DataType::Float64 => {
+                let v = column
+                    .as_primitive::<arrow::datatypes::Float64Type>()
+                    .values();
+                rows.clone().for_each(|r| add(v[r].to_bits()));
+            }
+            DataType::Int64 | DataType::Timestamp(..) => {
+                // (A timestamp's values are its i64 buffer.)
+                let data = column.to_data();
+                let v = arrow::buffer::ScalarBuffer::<i64>::new(
+                    data.buffers()[0].clone(),
+                    data.offset(),
+                    data.len(),
+                );
+                rows.clone().for_each(|r| add(v[r] as u64));
+            }
+            _ => continue,
+        }
+        if seen.len() * 10 >= SAMPLE_VALUES * 9 {
+            out.push(field.name().clone());
+        }
+    }
+    out
 }
 
 fn properties_builder(
@@ -511,6 +572,78 @@ mod tests {
         // A key of another type goes through lexsort.
         let by_row = ["row"];
         assert!(sort_order(&batch, &by_row).unwrap().is_none());
+    }
+
+    /// Columns whose values are nearly all different are written plain; repeating ones keep
+    /// their dictionary, and small files are left as they are.
+    #[test]
+    fn dictionaries_only_for_columns_whose_values_repeat() {
+        use arrow::array::{Float64Array, TimestampMicrosecondArray};
+        use arrow::datatypes::TimeUnit;
+        let dictionaries = |n: usize| {
+            let dir = tempfile::tempdir().unwrap();
+            let ts = DataType::Timestamp(TimeUnit::Microsecond, Some("UTC".into()));
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("source_id", DataType::Utf8, false),
+                Field::new("lat_deg", DataType::Float64, false),
+                Field::new("recv_ts", ts, false),
+                Field::new("lane", DataType::Int64, false),
+                Field::new("name", DataType::Utf8, false),
+            ]));
+            let names: Vec<String> = (0..n).map(|i| format!("car-{i}")).collect();
+            let batch = RecordBatch::try_new(
+                schema,
+                vec![
+                    Arc::new(StringArray::from(vec!["rsu-1"; n])),
+                    Arc::new(Float64Array::from_iter_values(
+                        (0..n).map(|i| 39.9 + i as f64 * 1e-7),
+                    )),
+                    Arc::new(
+                        TimestampMicrosecondArray::from_iter_values(
+                            (0..n as i64).map(|i| 1_700_000_000_000_000 + i * 1_037),
+                        )
+                        .with_timezone("UTC"),
+                    ),
+                    Arc::new(Int64Array::from_iter_values((0..n as i64).map(|i| i % 6))),
+                    Arc::new(StringArray::from_iter_values(names)),
+                ],
+            )
+            .unwrap();
+            let settings = FileSettings {
+                row_group_rows: 1 << 20,
+                zstd_level: 1,
+            };
+            let done = commit(
+                dir.path(),
+                "f.parquet",
+                &[batch],
+                &["source_id", "recv_ts"],
+                None,
+                &settings,
+            )
+            .unwrap();
+            let reader =
+                ParquetRecordBatchReaderBuilder::try_new(File::open(&done.path).unwrap()).unwrap();
+            let rg = reader.metadata().row_group(0).clone();
+            rg.columns()
+                .iter()
+                .map(|c| {
+                    (
+                        c.column_path().string(),
+                        c.dictionary_page_offset().is_some(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let want = |flags: [bool; 5]| {
+            ["source_id", "lat_deg", "recv_ts", "lane", "name"]
+                .into_iter()
+                .map(String::from)
+                .zip(flags)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(dictionaries(5_000), want([true, false, false, true, false]));
+        assert_eq!(dictionaries(500), want([true; 5]));
     }
 
     #[test]
