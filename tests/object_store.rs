@@ -206,16 +206,23 @@ fn files_round_trip_through_s3_with_multipart() {
     let s3 = S3Server::start();
     let broker = Mosquitto::start();
     let ws = Workspace::new();
-    // Parts of 64 KiB, so the radar file (a few hundred KiB) goes up in several parts.
-    let extra = format!(
-        "{}\n{}",
-        config(&broker),
-        s3.config("multipart_part_bytes = 65536")
+    // Parts of 64 KiB (the least the config takes), so the radar file goes up in several
+    // parts: the capture from four radars is some 170 KiB of Parquet (one radar's is 40), in
+    // one file when the writer rotates only at the stop.
+    let writer = format!(
+        "[mqtt]\nbroker = \"{}\"\nreconnect_max_ms = 500\n[writer]\nmax_age_s = 600\nmax_rows = 1000000\n",
+        broker.url()
     );
+    let extra = format!("{writer}\n{}", s3.config("multipart_part_bytes = 65536"));
     let mut c = ws.start_with_env(&extra, &[], &CREDS);
     c.wait_log("writing to the object store", Duration::from_secs(30));
-    replay_radar(&broker);
-    let frames = radar_frames().len() as u64;
+    let track = shared("openv2x-radar/track.json");
+    let radars = ["N22W75HMBLD", "RADAR2", "RADAR3", "RADAR4"];
+    for radar in radars {
+        let topic = format!("V2X/RADAR/{radar}/TRACK/UP");
+        replay(&broker, &["--topic", &topic, track.to_str().unwrap()]);
+    }
+    let frames = (radars.len() * radar_frames().len()) as u64;
     c.wait_processed(frames, Duration::from_secs(120));
     assert!(c.stop().success(), "{}", c.log_text());
 
@@ -258,7 +265,7 @@ fn files_round_trip_through_s3_with_multipart() {
             v["targets"].as_array().map_or(0, Vec::len)
         })
         .sum();
-    assert_eq!(batch.num_rows(), expected);
+    assert_eq!(batch.num_rows(), radars.len() * expected);
     let log = c.log_text();
     assert!(!log.contains(SECRET), "the secret key reached the log");
     assert!(log.contains("writing to the object store"));
@@ -292,7 +299,7 @@ fn files_round_trip_through_s3_with_multipart() {
         .arg(&out),
         "export",
     );
-    assert_eq!(read_parquet(&out).num_rows(), expected);
+    assert_eq!(read_parquet(&out).num_rows(), radars.len() * expected);
     let ls = s3
         .env(bin().args(["ls", "--data", &bucket]))
         .output()
