@@ -39,6 +39,8 @@ fn commit_all(d: &mut Decoder, dir: &std::path::Path, n: u64, settings: &FileSet
 }
 
 fn bench(c: &mut Criterion) {
+    // As `run` starts.
+    assert!(v2x_collector::heap::keep_freed_buffers());
     let bsms: Vec<Vec<u8>> = (0..10_000).map(bsm).collect();
     let bsm_bytes: usize = bsms.iter().map(Vec::len).sum();
     let mut g = c.benchmark_group("decode");

@@ -9,6 +9,7 @@ pub mod config;
 pub mod dataset;
 pub mod decode;
 pub mod failpoint;
+pub mod heap;
 pub mod http;
 pub mod message_index;
 pub mod pipeline;

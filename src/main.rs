@@ -401,6 +401,8 @@ fn chain(e: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
+    // (Refused only by an allocator with other limits; nothing to report then.)
+    let _ = v2x_collector::heap::keep_freed_buffers();
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
