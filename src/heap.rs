@@ -1,5 +1,5 @@
-//! The process's heap settings, applied once at start (by `main` and by the benches that
-//! measure what `run` does).
+//! The process's heap settings, applied once at the start of `run` (by `main`, and by the
+//! benches that measure what `run` does).
 //!
 //! glibc serves an allocation above 128 KiB with its own `mmap` and returns memory to the
 //! kernel once 128 KiB at the top of the heap are free; both thresholds only grow after such a

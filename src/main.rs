@@ -401,10 +401,14 @@ fn chain(e: &anyhow::Error) -> String {
 }
 
 fn main() -> ExitCode {
-    // (Refused only by an allocator with other limits; nothing to report then.)
-    let _ = v2x_collector::heap::keep_freed_buffers();
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    if matches!(cli.command, Command::Run(_)) {
+        // Only `run`, whose writer commits file after file, where it was measured; the others
+        // (DataFusion's queries and sorts among them) keep glibc's defaults, which return memory.
+        // Refused only by an allocator with other limits: nothing to report then.
+        let _ = v2x_collector::heap::keep_freed_buffers();
+    }
     match cli.command {
         Command::Run(args) => run(args),
         Command::Simulate(args) => match simulate(args) {
